@@ -1,0 +1,1275 @@
+"""GPT-2 Medium speedrun: train to a mean FineWeb validation loss of 2.92 as fast as possible.
+
+One self-contained script in the modded-nanoGPT style. By default it is the record "Update smoothing +
+Snoo" of 2025-09-30 (medium-track record 14): 5590 steps of 8 x 65,536 tokens on 8 H100s.
+
+    torchrun --standalone --nproc_per_node=8 train_gpt.py             # the record
+    torchrun --standalone --nproc_per_node=2 train_gpt.py             # same math, 4 sequences per GPU
+    python train_gpt.py --preset=tiny                                  # a small model, CPU if no GPU
+    python train_gpt.py --help                                         # every option and its default
+
+Sections: config, kernels, optimizers, model, data, logging, main().
+"""
+
+import copy
+import datetime
+import difflib
+import glob
+import json
+import math
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional, get_type_hints
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+try:  # optional: Muon's Newton-Schulz kernels; without it --ns_impl=auto uses the torch path
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+# -----------------------------------------------------------------------------------------------------
+# config
+
+# Token shards: 256 little-endian int32 of header, then `count` uint16 tokens.
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+SHARD_HEADER_INTS = 256
+SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
+FINEWEB_SHARD_TOKENS = 100_000_000  # every train shard of kjj0/fineweb10B-gpt2
+
+EOT_TOKEN = 50256  # <|endoftext|>: starts every document
+ATTN_BLOCK_SIZE = 128  # FlexAttention's block; windows and documents are handled per 128-token block
+VOCAB_MULTIPLE = 128  # the lm head's rows are rounded up to this for fast matmuls
+ATTN_SCALE = 0.12  # replaces 1/sqrt(head_dim) (@leloykun)
+LOGIT_SOFTCAP = 15.0
+ROPE_MIN_FREQ = 1 / 1024  # half-truncated RoPE frequencies span 1 .. 1/1024 (@YouJiacheng)
+EVAL_LOGIT_CHUNKS = 4  # eval computes the lm head in chunks to bound the logits' memory
+
+# The layer structure of the 16-layer record.
+RECORD_NUM_LAYERS = 16
+NUM_VALUE_EMBEDS = 5  # blocks 0-4 and 11-15 use value embeddings 0-4 (@YouJiacheng, 012...234)
+NO_ATTENTION_BLOCK = 7
+LONG_WINDOW_BLOCKS = (0, 4, 11, 15)  # all other blocks use half the window
+UNET_SKIPS = {9: 6, 10: 4, 11: 2}  # before block i add skip_weight[j] * output of block j
+LAMBDAS_PER_BLOCK = 3  # x = l0 * x + l1 * x00 + l2 * x01
+ATTN_LAMBDAS_PER_BLOCK = 2  # v = s0 * v + s1 * ve
+
+# Muon's Newton-Schulz: five quintic steps, one (a, b, c) per step, run in bf16.
+NS_COEFFS = (
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+)
+NS_EPS = 1e-7
+
+
+def hp(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Hyperparameters:
+    # data
+    train_files: str = hp("data/fineweb10B/fineweb_train_*.bin", "glob of training shards, read in sorted order")
+    val_files: str = hp("data/fineweb10B/fineweb_val_*.bin", "glob of validation shards")
+    val_tokens: int = hp(10_485_760, "validation tokens per evaluation (multiple of seqs_per_step * val_seq_len)")
+    train_seq_len: int = hp(64 * 1024, "tokens per training sequence (one sequence per micro-batch)")
+    val_seq_len: int = hp(4 * 64 * 1024, "tokens per validation sequence")
+    seqs_per_step: int = hp(8, "sequences per optimizer step, shared by the ranks (world size must divide it)")
+    # schedule
+    num_iterations: int = hp(5590, "training steps")
+    cooldown_frac: float = hp(0.7, "fraction of steps over which the lr decays linearly")
+    final_lr_frac: float = hp(0.01, "lr multiplier at the last step")
+    max_window_tokens: int = hp(3456, "attention window (tokens) reached at the end of the window schedule")
+    val_loss_every: int = hp(125, "validate every N steps (0: only after the last step)")
+    warmup_steps: int = hp(10, "untimed kernel-warmup steps on random tokens; the state is restored after")
+    # model
+    vocab_size: int = hp(50257, "GPT-2 vocabulary")
+    num_layers: int = hp(16, "transformer blocks (the record's structure is defined for 16)")
+    num_heads: int = hp(8, "attention heads")
+    head_dim: int = hp(128, "dimension per head")
+    model_dim: int = hp(1024, "residual width")
+    mlp_ratio: int = hp(4, "MLP hidden width / model_dim")
+    # AdamW: embeddings, lm head, scalars
+    adam_head_lr: float = hp(1 / 320, "AdamW lr of the lm head")
+    adam_embed_lr: float = hp(0.3, "AdamW lr of the token and value embeddings")
+    adam_scalar_lr: float = hp(0.015, "AdamW lr of the 96 scalars")
+    adam_beta1: float = hp(0.8, "AdamW beta1")
+    adam_beta2: float = hp(0.95, "AdamW beta2")
+    adam_eps: float = hp(1e-10, "AdamW eps")
+    adam_weight_decay: float = hp(0.0, "AdamW weight decay")
+    # Muon: hidden matrices
+    muon_lr: float = hp(0.03, "Muon lr")
+    muon_weight_decay: float = hp(0.01, "Muon decoupled weight decay (times lr)")
+    mlp_wd_mul: float = hp(2.0, "weight-decay multiplier of the MLP matrices")
+    muon_momentum: float = hp(0.95, "Muon momentum after the warmup")
+    muon_momentum_start: float = hp(0.85, "Muon momentum at step 0")
+    muon_momentum_warmup_steps: int = hp(300, "steps of the linear momentum warmup")
+    update_smoothing: float = hp(0.2, "beta of the EMA of Muon's updates (0: off)")
+    ns_impl: str = hp("auto", "Newton-Schulz implementation: auto (triton on CUDA) | triton | torch")
+    # Snoo outer optimizer
+    snoo_k: int = hp(28, "Snoo's outer step every k steps (0: Snoo off)")
+    snoo_lr: float = hp(0.68, "Snoo's SGD lr")
+    snoo_momentum: float = hp(0.37, "Snoo's SGD Nesterov momentum")
+    # run
+    seed: Optional[int] = hp(None, "random seed (default: a fresh one, logged, so runs are independent)")
+    device: str = hp("auto", "auto | cuda | cpu (the record configuration needs --device=cpu to run on CPU)")
+    compile: bool = hp(True, "torch.compile the model on CUDA")
+    coordinate_descent_tuning: bool = hp(True, "inductor coordinate-descent tuning (allowed on this track)")
+    records_dir: str = hp("records", "where run logs go: <records_dir>/<record>/<run id>.txt and .json")
+    record: str = hp("dev", "name of the folder of this batch of runs")
+    preset: str = hp("record", "record | tiny (16 small layers for CPU; applied before the other options)")
+
+
+PRESETS = {
+    "record": {},
+    # The record's structure (16 layers, value embeddings, skips, no attention in block 7, long/short
+    # windows) at width 128 and 512-token sequences: about a second per step on 2 CPU cores.
+    "tiny": dict(
+        train_files="data/sample/sample_train_*.bin",
+        val_files="data/sample/sample_val_*.bin",
+        val_tokens=8192,
+        train_seq_len=512,
+        val_seq_len=1024,
+        seqs_per_step=2,
+        num_iterations=200,
+        val_loss_every=50,
+        max_window_tokens=384,
+        warmup_steps=2,
+        num_heads=2,
+        head_dim=64,
+        model_dim=128,
+        record="tiny",
+    ),
+}
+
+
+class UserError(Exception):
+    """A mistake in the command line, the environment or the data: reported as one paragraph, exit 2."""
+
+
+def _parse_value(name: str, text: str, typ):
+    optional = typ == Optional[int]
+    if optional and text.lower() in ("none", ""):
+        return None
+    base = int if optional else typ
+    try:
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return base(text)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
+        raise UserError(f"option --{name}={text!r}: expected {kind}.") from None
+
+
+def parse_args(argv: list[str]) -> Hyperparameters:
+    """--name=value (or --name value) for every field; --preset applies first, then the rest in order."""
+    types = get_type_hints(Hyperparameters)
+    pairs = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}: options look like --name=value (see --help).")
+        name, eq, value = arg[2:].partition("=")
+        if name not in types:
+            close = difflib.get_close_matches(name, types, n=1)
+            hint = f" Did you mean --{close[0]}?" if close else ""
+            raise UserError(f"unknown option --{name}.{hint} Run `python train_gpt.py --help` for the list.")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise UserError(f"option --{name} needs a value: --{name}=VALUE.")
+            i += 1
+            value = argv[i]
+        pairs.append((name, value))
+        i += 1
+    preset = next((v for n, v in reversed(pairs) if n == "preset"), "record")
+    if preset not in PRESETS:
+        raise UserError(f"option --preset={preset!r}: expected one of {', '.join(PRESETS)}.")
+    args = Hyperparameters(**PRESETS[preset], preset=preset)
+    for name, value in pairs:
+        setattr(args, name, _parse_value(name, value, types[name]))
+    validate_args(args)
+    return args
+
+
+def validate_args(args: Hyperparameters) -> None:
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise UserError(msg)
+
+    for name in ("val_tokens", "train_seq_len", "val_seq_len", "seqs_per_step", "num_iterations",
+                 "max_window_tokens", "vocab_size", "num_heads", "head_dim", "model_dim", "mlp_ratio"):
+        need(getattr(args, name) > 0, f"option --{name}={getattr(args, name)}: must be positive.")
+    for name in ("val_loss_every", "warmup_steps", "snoo_k", "muon_momentum_warmup_steps"):
+        need(getattr(args, name) >= 0, f"option --{name}={getattr(args, name)}: must be >= 0.")
+    for name in ("train_seq_len", "val_seq_len"):
+        need(getattr(args, name) % ATTN_BLOCK_SIZE == 0,
+             f"option --{name}={getattr(args, name)}: must be a multiple of the attention block "
+             f"({ATTN_BLOCK_SIZE} tokens).")
+    per_val_step = args.seqs_per_step * args.val_seq_len
+    need(args.val_tokens % per_val_step == 0,
+         f"option --val_tokens={args.val_tokens}: must be a multiple of seqs_per_step * val_seq_len = "
+         f"{per_val_step}, the tokens of one validation step.")
+    need(args.num_layers == RECORD_NUM_LAYERS,
+         f"option --num_layers={args.num_layers}: the record's layer structure (value embeddings, U-net "
+         f"skips, windows) is defined for {RECORD_NUM_LAYERS} layers; change the width instead.")
+    need(args.head_dim % 4 == 0, f"option --head_dim={args.head_dim}: must be a multiple of 4 (rotary).")
+    need(0 <= args.cooldown_frac <= 1, f"option --cooldown_frac={args.cooldown_frac}: must be in [0, 1].")
+    need(0 <= args.update_smoothing < 1, f"option --update_smoothing={args.update_smoothing}: must be in [0, 1).")
+    need(args.ns_impl in ("auto", "triton", "torch"),
+         f"option --ns_impl={args.ns_impl!r}: expected auto, triton or torch.")
+    need(args.device in ("auto", "cuda", "cpu"), f"option --device={args.device!r}: expected auto, cuda or cpu.")
+    need(args.record and "/" not in args.record and args.record not in (".", ".."),
+         f"option --record={args.record!r}: must be a plain folder name.")
+
+
+def help_text() -> str:
+    types = get_type_hints(Hyperparameters)
+    lines = [__doc__.strip(), "", "Options (--name=value; defaults are the record):"]
+    for f in fields(Hyperparameters):
+        typ = "int" if types[f.name] == Optional[int] else types[f.name].__name__
+        lines.append(f"  --{f.name}={f.default!r} ({typ}): {f.metadata['help']}")
+    lines.append("Presets: " + "; ".join(f"{k}: {v or 'the defaults'}" for k, v in PRESETS.items()))
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------------------------------
+# kernels
+
+
+def newton_schulz_torch(G: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Orthogonalize a matrix or a batch of matrices with NS_COEFFS, in bf16 (dtype: for the tests)."""
+    X = G.to(dtype)
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + NS_EPS)
+    for a, b, c in NS_COEFFS:
+        A = X @ X.mT
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    return X.mT if tall else X
+
+
+# The Triton path. A = X Xᵀ and B = b A + c A A are symmetric, so one kernel computes only the output
+# tiles on and below the diagonal and stores each off-diagonal tile twice, as itself and as its mirror
+# (36 of the 64 tiles of a 1024 x 1024 output at 128 x 128). B uses A's symmetry once more: A A = A Aᵀ,
+# so it is the same kernel run on X = A, with b A added in the epilogue (HAS_C). The third product,
+# a X + B X, is not symmetric and goes to cuBLAS through addmm / baddbmm.
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # kernels run on CPU tensors (tests)
+
+if triton is not None:
+    if TRITON_INTERPRET:
+        # one small config: no autotuning, and several tiles, masked edges and mirrors at test sizes
+        _SYM_CONFIGS = [triton.Config(dict(BLOCK=16, BLOCK_K=32))]
+    else:
+        # Untuned choices for H100 (no GPU was at hand): the usual Hopper bf16 tile, 128 x 128 with
+        # BLOCK_K 64 (32 KiB of shared memory per stage), 8 or 4 warps, 3-4 stages; and 64 x 64 tiles,
+        # because a 1024-row output has only 36 lower-triangle 128-tiles for 132 SMs (64-tiles: 136).
+        # The autotuner times them per shape at the first call, which is in the untimed warmup;
+        # benchmarks/bench_newton_schulz.py prints the picks and is how a GPU session confirms them.
+        _SYM_CONFIGS = [triton.Config(dict(BLOCK=block, BLOCK_K=block_k), num_warps=warps, num_stages=stages)
+                        for block, block_k, warps, stages in ((128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 4),
+                                                              (64, 64, 4, 4), (64, 128, 4, 3))]
+
+    @triton.autotune(configs=_SYM_CONFIGS, key=["N", "M", "K", "HAS_C"])
+    @triton.jit
+    def _sym_matmul_kernel(X, C, Out, alpha, beta, N, M, K, sxb, sxm, sxk, scb, scm, scn, sob, som, son,
+                           HAS_C: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr,
+                           BLOCK_K: tl.constexpr):
+        """Out[n] = X[n] X[n]ᵀ, or alpha X[n] X[n]ᵀ + beta C[n] with C[n] symmetric (HAS_C), for X of
+        shape (N, M, K). Program (t, n) computes the t-th lower-triangle tile of Out[n]. N is only a
+        key of the autotuner: the batch sets how many programs fill the GPU."""
+        t = tl.program_id(0)
+        n = tl.program_id(1).to(tl.int64)
+        # Lower-triangle tiles in row-major order: t = i (i + 1) / 2 + j with j <= i. The float square
+        # root may be off by one; the integer checks correct it.
+        i = ((tl.sqrt(8.0 * t + 1.0) - 1.0) * 0.5).to(tl.int32)
+        i = tl.where(i * (i + 1) // 2 > t, i - 1, i)
+        i = tl.where((i + 1) * (i + 2) // 2 <= t, i + 1, i)
+        j = t - i * (i + 1) // 2
+        rows = i * BLOCK + tl.arange(0, BLOCK)
+        cols = j * BLOCK + tl.arange(0, BLOCK)
+        ks = tl.arange(0, BLOCK_K)
+        X += n * sxb
+        row_tile = X + rows[:, None] * sxm + ks[None, :] * sxk  # X[rows, k:k+BLOCK_K]
+        col_tile = X + cols[None, :] * sxm + ks[:, None] * sxk  # X[cols, k:k+BLOCK_K]ᵀ
+        acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            a = tl.load(row_tile, mask=(rows[:, None] < M) & (ks[None, :] < K - k), other=0.0)
+            b = tl.load(col_tile, mask=(cols[None, :] < M) & (ks[:, None] < K - k), other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            row_tile += BLOCK_K * sxk
+            col_tile += BLOCK_K * sxk
+        inside = (rows[:, None] < M) & (cols[None, :] < M)
+        if HAS_C:
+            c = tl.load(C + n * scb + rows[:, None] * scm + cols[None, :] * scn, mask=inside, other=0.0)
+            acc = alpha * acc + beta * c.to(tl.float32)
+        out = acc.to(Out.dtype.element_ty)
+        Out += n * sob
+        tl.store(Out + rows[:, None] * som + cols[None, :] * son, out, mask=inside)
+        if i != j:  # the mirror; a diagonal tile is its own and is stored once
+            tl.store(Out + rows[:, None] * son + cols[None, :] * som, out, mask=inside)
+
+
+def _sym_matmul(X: Tensor, C: Optional[Tensor], alpha: float, beta: float) -> Tensor:
+    squeeze = X.ndim == 2
+    if squeeze:
+        X = X.unsqueeze(0)
+        C = None if C is None else C.unsqueeze(0)
+    if X.ndim != 3:
+        raise ValueError(f"expected a matrix or a batch of matrices, got shape {tuple(X.shape)}")
+    n, m, k = X.shape
+    out = torch.empty(n, m, m, dtype=X.dtype, device=X.device)
+    c = X if C is None else C  # any tensor when HAS_C is off: the kernel never reads it
+    # fp32 inputs (tests) get exact fp32 products rather than the TF32 that tl.dot defaults to
+    precision = "ieee" if X.dtype == torch.float32 else "tf32"
+
+    def grid(meta):
+        tiles = triton.cdiv(m, meta["BLOCK"])
+        return tiles * (tiles + 1) // 2, n
+
+    _sym_matmul_kernel[grid](X, c, out, alpha, beta, n, m, k, *X.stride(), *c.stride(), *out.stride(),
+                             HAS_C=C is not None, PRECISION=precision)
+    return out[0] if squeeze else out
+
+
+def gram_triton(X: Tensor) -> Tensor:
+    """X Xᵀ for X of shape (M, K) or (N, M, K), any strides; fp32 accumulation, X's dtype out."""
+    return _sym_matmul(X, None, 1.0, 0.0)
+
+
+def sym_poly_triton(A: Tensor, b: float, c: float) -> Tensor:
+    """b A + c A A for symmetric A of shape (M, M) or (N, M, M), any strides."""
+    return _sym_matmul(A, A, c, b)
+
+
+def newton_schulz_triton(G: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """newton_schulz_torch with the two symmetric products in Triton. G: (M, K) or (N, M, K)."""
+    tall = G.size(-2) > G.size(-1)
+    # A contiguous copy, transposed if tall, so both the kernel and cuBLAS read X along its rows.
+    X = (G.mT if tall else G).to(dtype, memory_format=torch.contiguous_format)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + NS_EPS)
+    for a, b, c in NS_COEFFS:
+        B = sym_poly_triton(gram_triton(X), b, c)
+        X = torch.baddbmm(X, B, X, beta=a) if X.ndim == 3 else torch.addmm(X, B, X, beta=a)
+    return X.mT if tall else X
+
+
+def orthogonalize(G: Tensor, impl: str) -> Tensor:
+    """Muon's orthogonalization by the implementation resolve_ns_impl picked."""
+    if impl == "triton":
+        return newton_schulz_triton(G)
+    if impl == "torch":
+        return newton_schulz_torch(G)
+    raise ValueError(f"unknown Newton-Schulz implementation {impl!r}: expected triton or torch")
+
+
+def resolve_ns_impl(requested: str, on_cuda: bool) -> str:
+    """The Newton-Schulz implementation a run uses for --ns_impl: auto is triton on CUDA when triton
+    imports, else torch. triton needs triton and CUDA, or TRITON_INTERPRET=1 (the tests, on CPU)."""
+    if requested == "torch":
+        return "torch"
+    if requested == "auto":
+        return "triton" if on_cuda and triton is not None else "torch"
+    if requested != "triton":
+        raise ValueError(f"unknown --ns_impl={requested!r}: expected auto, triton or torch")
+    if triton is None:
+        raise UserError("--ns_impl=triton but triton is not installed: install it (pip install triton) "
+                        "or use --ns_impl=torch.")
+    if not on_cuda and not TRITON_INTERPRET:
+        raise UserError("--ns_impl=triton needs a CUDA GPU and this run is on CPU: use --ns_impl=torch "
+                        "(or auto, which picks torch on CPU).")
+    return "triton"
+
+
+# -----------------------------------------------------------------------------------------------------
+# optimizers
+
+
+def master_weight(p: Tensor, mantissa: Tensor) -> Tensor:
+    """The fp32 value whose upper 16 bits are the bf16 parameter and lower 16 bits the mantissa.
+
+    int32 arithmetic because eager CPU torch has no uint32 shifts."""
+    upper = p.view(torch.int16).to(torch.int32) << 16
+    lower = mantissa.view(torch.int16).to(torch.int32) & 0xFFFF
+    return (upper | lower).view(torch.float32)
+
+
+def store_master_weight(master: Tensor, p: Tensor, mantissa: Tensor) -> None:
+    """Split fp32 into the bf16 parameter (its truncation) and the lower 16 bits."""
+    bits = master.view(torch.int32)
+    p.view(torch.int16).copy_((bits >> 16).to(torch.int16))
+    mantissa.view(torch.int16).copy_(bits.to(torch.int16))
+
+
+def muon_update(p: Tensor, grad: Tensor, state: dict, momentum: float, lr: float, weight_decay: float,
+                smoothing: float, impl: str) -> None:
+    """One Muon step of one parameter (Nesterov momentum, Newton-Schulz, update smoothing, decoupled wd)."""
+    g = grad.float()
+    buf = state["momentum_buffer"]
+    buf.mul_(momentum).add_(g, alpha=1 - momentum)
+    update = orthogonalize(momentum * buf + (1 - momentum) * g, impl)  # Nesterov form
+    if smoothing > 0:
+        # update smoothing, an EMA of Muon's updates kept in bf16: record 13, medium track
+        smoothed = state["smoothed_update"]
+        smoothed.copy_(smoothing * smoothed.float() + (1 - smoothing) * update.float())
+        update = smoothed
+    wd_mul = getattr(p, "wd_mul", 1.0)
+    lr_scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
+    if p.dtype == torch.bfloat16:
+        # fp32 master weights as bf16 parameter + uint16 lower half: the medium track's Muon
+        master = master_weight(p, state["mantissa"])
+        master.mul_(1 - lr * weight_decay * wd_mul).add_(update.float(), alpha=-lr * lr_scale)
+        store_master_weight(master, p, state["mantissa"])
+    else:
+        p.mul_(1 - lr * weight_decay * wd_mul).add_(update.to(p.dtype), alpha=-lr * lr_scale)
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan), with update smoothing and master weights.
+
+    Distributed: the matrices, sorted by shape (largest first), are taken in groups of world_size; rank r
+    updates member r of each group, then the group is all-gathered so every rank holds every matrix."""
+
+    def __init__(self, params, lr: float, weight_decay: float, momentum: float, update_smoothing: float,
+                 ns_impl: str = "torch", rank: int = 0, world_size: int = 1):
+        params = list(params)
+        if any(p.ndim < 2 for p in params):
+            raise ValueError("Muon only takes matrices (or batches of matrices)")
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, update_smoothing=update_smoothing)
+        # One group per shape so that every all-gather moves tensors of one shape.
+        shapes = sorted({tuple(p.shape) for p in params}, reverse=True)
+        groups = [dict(params=[p for p in params if tuple(p.shape) == s]) for s in shapes]
+        super().__init__(groups, defaults)
+        self.ns_impl = ns_impl
+        self.rank = rank
+        self.world_size = world_size
+
+    @staticmethod
+    def _process_value_according_to_param_policy(param, value, param_id, param_groups, key=None):
+        # torch would cast floating state to the parameter's dtype (bf16); our momentum is fp32.
+        return value.to(device=param.device)
+
+    def _init_state(self, p: Tensor, group: dict) -> dict:
+        state = self.state[p]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+            if p.dtype == torch.bfloat16:
+                state["mantissa"] = torch.zeros_like(p, dtype=torch.uint16)
+            if group["update_smoothing"] > 0:
+                state["smoothed_update"] = torch.zeros_like(p, dtype=torch.bfloat16)
+        return state
+
+    @torch.no_grad()
+    def step(self):
+        gathers = []
+        for group in self.param_groups:
+            params = group["params"]
+            for base in range(0, len(params), self.world_size):
+                if base + self.rank < len(params):
+                    p = params[base + self.rank]
+                    muon_update(p, p.grad, self._init_state(p, group), group["momentum"], group["lr"],
+                                group["weight_decay"], group["update_smoothing"], self.ns_impl)
+                if self.world_size > 1:
+                    members = params[base:base + self.world_size]
+                    members = members + [torch.empty_like(members[-1])] * (self.world_size - len(members))
+                    gathers.append(dist.all_gather(members, members[self.rank], async_op=True))
+        for handle in gathers:
+            handle.wait()
+
+
+class Snoo:
+    """Sparse Nesterov Outer Optimizer (record 12, medium track): every k steps, treat the distance
+    travelled since the last outer step as a gradient and take one Nesterov SGD step from there."""
+
+    def __init__(self, params, lr: float, momentum: float, k: int, nesterov: bool = True):
+        self.params = list(params)
+        self.k = k
+        self.counter = 0
+        self.copy = [p.detach().clone() for p in self.params]
+        fused = all(p.is_cuda for p in self.params) or None
+        self.sgd = torch.optim.SGD(self.params, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.counter % self.k == 0:
+            for p, c in zip(self.params, self.copy):
+                p.grad = c - p
+                p.copy_(c)
+            self.sgd.step()
+            for p, c in zip(self.params, self.copy):
+                c.copy_(p)
+                p.grad = None
+        self.counter += 1
+
+    def state_dict(self) -> dict:
+        return dict(counter=self.counter, copy=[c.clone() for c in self.copy], sgd=self.sgd.state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counter = state["counter"]
+        for c, saved in zip(self.copy, state["copy"]):
+            c.copy_(saved)
+        self.sgd.load_state_dict(state["sgd"])
+
+
+def lr_multiplier(step: int, args: Hyperparameters) -> float:
+    """1 for the first (1 - cooldown_frac) of training, then linear down to final_lr_frac."""
+    x = step / args.num_iterations
+    if x < 1 - args.cooldown_frac:
+        return 1.0
+    w = (1 - x) / args.cooldown_frac
+    return w + (1 - w) * args.final_lr_frac
+
+
+def muon_momentum(step: int, args: Hyperparameters) -> float:
+    frac = min(step / args.muon_momentum_warmup_steps, 1) if args.muon_momentum_warmup_steps else 1
+    return (1 - frac) * args.muon_momentum_start + frac * args.muon_momentum
+
+
+def window_blocks(step: int, args: Hyperparameters) -> int:
+    """Attention window in 128-token blocks: grows with f(x) = 4x^3 - 6x^2 + 3x, at least one block."""
+    x = step / args.num_iterations
+    f = 4 * x**3 - 6 * x**2 + 3 * x
+    tokens = max(math.ceil(args.max_window_tokens * f / ATTN_BLOCK_SIZE) * ATTN_BLOCK_SIZE, ATTN_BLOCK_SIZE)
+    return tokens // ATTN_BLOCK_SIZE
+
+
+# -----------------------------------------------------------------------------------------------------
+# model
+
+
+def norm(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def next_multiple_of(v: int, n: int) -> int:
+    return -(-v // n) * n
+
+
+class Rotary(nn.Module):
+    """Half-truncated RoPE (@YouJiacheng): head_dim/4 frequencies from 1 to 1/1024, then head_dim/4 zeros."""
+
+    def __init__(self, head_dim: int, max_seq_len: int):
+        super().__init__()
+        freq = ROPE_MIN_FREQ ** torch.linspace(0, 1, steps=head_dim // 4, dtype=torch.float32)
+        freq = torch.cat([freq, freq.new_zeros(head_dim // 4)])
+        theta = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), freq)
+        self.cos = nn.Buffer(theta.cos(), persistent=False)
+        self.sin = nn.Buffer(theta.sin(), persistent=False)
+
+    def forward(self, x_BTHD: Tensor) -> Tensor:
+        T = x_BTHD.size(-3)
+        cos, sin = self.cos[None, :T, None, :], self.sin[None, :T, None, :]
+        x1, x2 = x_BTHD.float().chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), -1).type_as(x_BTHD)
+
+
+def ordered_blocks(dense: Tensor) -> tuple[Tensor, Tensor]:
+    """Count of True per row, and their column indices most recent (largest) first."""
+    count = dense.sum(dim=-1, dtype=torch.int32)
+    indices = dense.argsort(dim=-1, descending=False, stable=True).flip(-1).to(torch.int32)
+    return count[None, None].contiguous(), indices[None, None].contiguous()
+
+
+def document_block_masks(ids: Tensor, windows: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Document-causal sliding-window block selections, one per window (in blocks), as the four tensors
+    of BlockMask.from_kv_blocks: (partial count, partial indices, full count, full indices).
+
+    A key block is a candidate for a query block if it is not later and their document ranges overlap;
+    it is full if strictly earlier and both lie inside one document. A window of W blocks keeps at most
+    W - 1 full blocks and max(W - all full candidates, 1) partial blocks, most recent first."""
+    docs = (ids == EOT_TOKEN).cumsum(0)
+    docs_low = docs[0::ATTN_BLOCK_SIZE]
+    docs_high = docs[ATTN_BLOCK_SIZE - 1::ATTN_BLOCK_SIZE]
+    blocks = torch.arange(docs_low.numel(), device=ids.device)
+    q, kv = blocks[:, None], blocks[None, :]
+    overlap = (docs_low[:, None] <= docs_high[None, :]) & (docs_low[None, :] <= docs_high[:, None])
+    one_doc = (docs_low[:, None] == docs_high[None, :]) & (docs_low[None, :] == docs_high[:, None])
+    candidate = (q >= kv) & overlap
+    full = (q > kv) & one_doc
+    partial_count, partial_idx = ordered_blocks(candidate & ~full)
+    full_count, full_idx = ordered_blocks(full)
+    selections = []
+    for w in windows:
+        w = torch.as_tensor(w, dtype=torch.int32, device=ids.device)
+        selections.append((
+            torch.clamp_max(partial_count, torch.clamp_min(w - full_count, 1)),
+            partial_idx,
+            torch.clamp_max(full_count, torch.clamp_min(w - 1, 0)),
+            full_idx,
+        ))
+    return selections
+
+
+def value_embed_index(block: int, num_layers: int) -> Optional[int]:
+    """Which value embedding block i uses: 0..4 in the first five and the last five blocks, else none."""
+    if block < NUM_VALUE_EMBEDS:
+        return block
+    if block >= num_layers - NUM_VALUE_EMBEDS:
+        return block - (num_layers - NUM_VALUE_EMBEDS)
+    return None
+
+
+def document_causal_mod(docs: Tensor):
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (docs[q_idx] == docs[kv_idx])
+    return mask_mod
+
+
+def dense_attention_mask(ids: Tensor, selection: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """The token-level (T, T) boolean mask that FlexAttention applies for a block selection."""
+    partial_count, partial_idx, full_count, full_idx = (t[0, 0] for t in selection)
+    n = partial_idx.size(0)
+    rank = torch.arange(n, device=ids.device)
+
+    def chosen(count: Tensor, idx: Tensor) -> Tensor:
+        keep = rank[None, :] < count[:, None]
+        out = torch.zeros(n, n, dtype=torch.bool, device=ids.device)
+        return out.scatter_(1, idx.long(), keep)
+
+    def to_tokens(block_mask: Tensor) -> Tensor:
+        return block_mask.repeat_interleave(ATTN_BLOCK_SIZE, 0).repeat_interleave(ATTN_BLOCK_SIZE, 1)
+
+    docs = (ids == EOT_TOKEN).cumsum(0)
+    pos = torch.arange(ids.numel(), device=ids.device)
+    doc_causal = (pos[:, None] >= pos[None, :]) & (docs[:, None] == docs[None, :])
+    return to_tokens(chosen(full_count, full_idx)) | (to_tokens(chosen(partial_count, partial_idx)) & doc_causal)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        # Q, K, V and output projections in one (4, hdim, dim) tensor: orthogonalized as a batch of 4.
+        self.qkvo_w = nn.Parameter(torch.empty(4, num_heads * head_dim, dim))
+
+    def forward(self, x: Tensor, ve: Optional[Tensor], lambdas: Tensor, rotary: Rotary, mask) -> Tensor:
+        B, T = x.size(0), x.size(1)
+        qkv = F.linear(x, self.qkvo_w[:3].flatten(end_dim=1)).view(B, T, 3 * self.num_heads, self.head_dim)
+        q, k, v = qkv.chunk(3, dim=-2)
+        q, k = rotary(norm(q)), rotary(norm(k))  # QK norm (@Grad62304977)
+        v = norm(v)
+        v = lambdas[0] * v + lambdas[1] * ve.view_as(v) if ve is not None else lambdas[0] * v
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if isinstance(mask, BlockMask):
+            y = flex_attention(q, k, v, block_mask=mask, scale=ATTN_SCALE)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=ATTN_SCALE)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.num_heads * self.head_dim)
+        return F.linear(y, self.qkvo_w[3])
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc_w = nn.Parameter(torch.empty(hidden, dim))
+        self.proj_w = nn.Parameter(torch.empty(dim, hidden))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.relu(F.linear(x, self.fc_w)).square(), self.proj_w)  # relu^2 (@Grad62304977)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, has_attn: bool):
+        super().__init__()
+        self.attn = CausalSelfAttention(dim, num_heads, head_dim) if has_attn else None
+        self.mlp = MLP(dim, mlp_hidden)
+
+    def forward(self, x, ve, x00, x01, lambdas, attn_lambdas, rotary, mask):
+        x = lambdas[0] * x + lambdas[1] * x00 + lambdas[2] * x01
+        if self.attn is not None:
+            x = x + self.attn(x, ve, attn_lambdas, rotary, mask)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    """The record's 16-layer model. attention="flex" uses FlexAttention (CUDA); "dense" computes the same
+    mask densely with scaled_dot_product_attention (CPU, where FlexAttention has no backward)."""
+
+    def __init__(self, vocab_size: int, num_layers: int, num_heads: int, head_dim: int, model_dim: int,
+                 mlp_ratio: int, max_seq_len: int, attention: str = "flex"):
+        super().__init__()
+        self.attention = attention
+        self.embed1 = nn.Embedding(vocab_size, model_dim)
+        self.embed2 = nn.Embedding(vocab_size, model_dim)
+        self.value_embeds = nn.ModuleList(nn.Embedding(vocab_size, model_dim) for _ in range(NUM_VALUE_EMBEDS))
+        self.blocks = nn.ModuleList(
+            Block(model_dim, num_heads, head_dim, mlp_ratio * model_dim, has_attn=(i != NO_ATTENTION_BLOCK))
+            for i in range(num_layers))
+        self.rotary = Rotary(head_dim, max_seq_len)
+        self.lm_head_w = nn.Parameter(torch.zeros(next_multiple_of(vocab_size, VOCAB_MULTIPLE), model_dim))
+        L = num_layers
+        self.scalars = nn.Parameter(torch.cat([
+            torch.ones(L),  # U-net skip weights
+            torch.tensor([1.0, 0.0, 0.0]).repeat(L),  # block lambdas
+            torch.tensor([0.5, 0.5]).repeat(L),  # attention lambdas
+        ]))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for block in self.blocks:
+            for w in ([block.attn.qkvo_w] if block.attn else []) + [block.mlp.fc_w]:
+                bound = math.sqrt(3) * 0.5 / math.sqrt(w.size(-1))  # uniform with std 0.5 / sqrt(fan_in)
+                w.uniform_(-bound, bound)
+            if block.attn is not None:
+                block.attn.qkvo_w[3].zero_()
+            block.mlp.proj_w.zero_()
+        for emb in [self.embed1, self.embed2, *self.value_embeds]:
+            emb.weight.normal_()
+        self.lm_head_w.zero_()
+        for m in [self.embed1, self.embed2, *self.value_embeds, self.blocks]:
+            m.bfloat16()
+
+    def set_mlp_wd_mul(self, mul: float) -> None:
+        """Muon multiplies its weight decay by a parameter's wd_mul."""
+        for block in self.blocks:
+            block.mlp.fc_w.wd_mul = block.mlp.proj_w.wd_mul = mul
+
+    def attention_masks(self, ids: Tensor, window: Tensor) -> tuple:
+        """(long-window mask, short-window mask) in the form the attention path takes."""
+        selections = document_block_masks(ids, [window, window // 2])
+        if self.attention == "dense":
+            return tuple(dense_attention_mask(ids, s) for s in selections)
+        mask_mod = document_causal_mod((ids == EOT_TOKEN).cumsum(0))
+        return tuple(BlockMask.from_kv_blocks(*s, BLOCK_SIZE=ATTN_BLOCK_SIZE, mask_mod=mask_mod) for s in selections)
+
+    def forward(self, input_seq: Tensor, target_seq: Tensor, window: Tensor) -> Tensor:
+        L = len(self.blocks)
+        ve = [emb(input_seq)[None] for emb in self.value_embeds]
+        long_mask, short_mask = self.attention_masks(input_seq, window)
+        x = x00 = norm(self.embed1(input_seq)[None])
+        x01 = norm(self.embed2(input_seq)[None])
+        skip_weights = self.scalars[:L]
+        lambdas = self.scalars[L:(1 + LAMBDAS_PER_BLOCK) * L].view(L, LAMBDAS_PER_BLOCK)
+        attn_lambdas = self.scalars[(1 + LAMBDAS_PER_BLOCK) * L:].view(L, ATTN_LAMBDAS_PER_BLOCK)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            if i in UNET_SKIPS:
+                x = x + skip_weights[UNET_SKIPS[i]] * outputs[UNET_SKIPS[i]]
+            mask = long_mask if i in LONG_WINDOW_BLOCKS else short_mask
+            j = value_embed_index(i, L)
+            x = block(x, None if j is None else ve[j], x00, x01, lambdas[i], attn_lambdas[i], self.rotary, mask)
+            outputs.append(x)
+        x = norm(x).flatten(end_dim=1)
+        chunks = 1 if self.training else EVAL_LOGIT_CHUNKS
+        loss = 0
+        for x_c, t_c in zip(x.chunk(chunks), target_seq.chunk(chunks)):
+            logits = F.linear(x_c, self.lm_head_w.bfloat16()).float()
+            logits = LOGIT_SOFTCAP * logits * torch.rsqrt(logits.square() + LOGIT_SOFTCAP**2)
+            loss = loss + F.cross_entropy(logits, t_c) / chunks
+        return loss
+
+
+def build_model(args: Hyperparameters, attention: str) -> GPT:
+    model = GPT(args.vocab_size, args.num_layers, args.num_heads, args.head_dim, args.model_dim,
+                args.mlp_ratio, max(args.train_seq_len, args.val_seq_len), attention)
+    model.set_mlp_wd_mul(args.mlp_wd_mul)
+    return model
+
+
+def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_size: int = 1):
+    """AdamW (embeddings, lm head, scalars) and Muon (block matrices), both wrapped by Snoo (or None)."""
+    embeds = [model.embed1.weight, model.embed2.weight, *(e.weight for e in model.value_embeds)]
+    matrices = [p for p in model.blocks.parameters() if p.ndim >= 2]
+    on_cuda = model.lm_head_w.is_cuda
+    adam = torch.optim.AdamW(
+        [dict(params=[model.lm_head_w], lr=args.adam_head_lr),
+         dict(params=embeds, lr=args.adam_embed_lr),
+         dict(params=[model.scalars], lr=args.adam_scalar_lr)],
+        betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, weight_decay=args.adam_weight_decay,
+        fused=on_cuda or None)
+    ns_impl = resolve_ns_impl(args.ns_impl, on_cuda)
+    muon = Muon(matrices, lr=args.muon_lr, weight_decay=args.muon_weight_decay, momentum=args.muon_momentum,
+                update_smoothing=args.update_smoothing, ns_impl=ns_impl, rank=rank, world_size=world_size)
+    for opt in (adam, muon):
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    snoo = Snoo(model.parameters(), args.snoo_lr, args.snoo_momentum, args.snoo_k) if args.snoo_k else None
+    return adam, muon, snoo
+
+
+def set_schedules(step: int, args: Hyperparameters, optimizers) -> None:
+    mult = lr_multiplier(step, args)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * mult
+            if isinstance(opt, Muon):
+                group["momentum"] = muon_momentum(step, args)
+
+
+# -----------------------------------------------------------------------------------------------------
+# data
+
+
+def read_shard_header(path) -> int:
+    """Validate a shard's header and size; return its token count."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            header = f.read(SHARD_HEADER_BYTES)
+    except OSError as e:
+        raise UserError(f"cannot read shard {path}: {e.strerror}.") from None
+    if len(header) < SHARD_HEADER_BYTES:
+        raise UserError(f"{path} is not a token shard: it has {size} bytes, fewer than the "
+                        f"{SHARD_HEADER_BYTES}-byte header. Re-create or re-download it.")
+    magic, version, count = (int.from_bytes(header[4 * i:4 * i + 4], "little", signed=True) for i in range(3))
+    if magic != SHARD_MAGIC:
+        raise UserError(f"{path} is not a token shard: header magic is {magic}, expected {SHARD_MAGIC}. "
+                        f"Re-create or re-download it.")
+    if version != SHARD_VERSION:
+        raise UserError(f"{path}: shard version {version}, expected {SHARD_VERSION}.")
+    expected = SHARD_HEADER_BYTES + 2 * count
+    if count < 0 or size != expected:
+        raise UserError(f"{path}: header says {count} tokens ({expected} bytes) but the file has {size} bytes; "
+                        f"it is truncated or corrupt. Delete it and download or create it again.")
+    return count
+
+
+def load_shard(path, pin_memory: bool = False) -> Tensor:
+    count = read_shard_header(path)
+    tokens = torch.empty(count, dtype=torch.uint16, pin_memory=pin_memory)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(SHARD_HEADER_BYTES)
+        nread = f.readinto(tokens.numpy())
+    if nread != 2 * count:
+        raise UserError(f"{path}: read {nread} bytes of tokens, expected {2 * count}; the file changed while reading.")
+    return tokens
+
+
+def steps_in_shard(num_tokens: int, step_tokens: int) -> int:
+    """Steps one shard supplies: a step starting at pos needs pos + step_tokens + 1 < num_tokens."""
+    return max(0, (num_tokens - step_tokens - 2) // step_tokens + 1)
+
+
+def shard_files(pattern: str, option: str, hint: str) -> list[Path]:
+    files = sorted(Path(f) for f in glob.glob(pattern))
+    if not files:
+        raise UserError(f"no files match --{option}={pattern} (from {Path.cwd()}). {hint}")
+    return files
+
+
+def data_hint(pattern: str, shards: int) -> str:
+    if "fineweb10B" in pattern:
+        return f"Download them with `python data/cached_fineweb10B.py {shards}` (100M tokens per train shard)."
+    if "data/sample" in pattern:
+        return "Build the offline sample dataset with `python data/sample.py`."
+    return "Make more shards with `python data/fineweb.py` or point the option at other files."
+
+
+def check_data(args: Hyperparameters, world_size: int) -> None:
+    """Fail before anything heavy if the shards are missing, corrupt or too short for the run."""
+    step_tokens = args.seqs_per_step * args.train_seq_len
+    per_fineweb = steps_in_shard(FINEWEB_SHARD_TOKENS, step_tokens)
+    need_shards = math.ceil(args.num_iterations / per_fineweb) if per_fineweb else "more"
+    files = shard_files(args.train_files, "train_files", data_hint(args.train_files, need_shards))
+    available = 0
+    for f in files:
+        available += steps_in_shard(read_shard_header(f), step_tokens)
+        if available >= args.num_iterations:
+            break
+    if available < args.num_iterations:
+        raise UserError(
+            f"--train_files={args.train_files} has {len(files)} shard(s) with tokens for {available} steps, but "
+            f"--num_iterations={args.num_iterations} needs {args.num_iterations} x {step_tokens:,} = "
+            f"{args.num_iterations * step_tokens:,} tokens (each shard's tail shorter than a step is dropped). "
+            f"{data_hint(args.train_files, need_shards)}")
+    val_step = args.seqs_per_step * args.val_seq_len
+    val_steps = args.val_tokens // val_step
+    files = shard_files(args.val_files, "val_files", data_hint(args.val_files, need_shards))
+    available = sum(steps_in_shard(read_shard_header(f), val_step) for f in files)
+    if available < val_steps:
+        raise UserError(
+            f"--val_files={args.val_files} has tokens for {available} validation step(s) of {val_step:,} tokens, "
+            f"but --val_tokens={args.val_tokens:,} needs {val_steps}. Use fewer --val_tokens or more val data. "
+            f"{data_hint(args.val_files, need_shards)}")
+
+
+def token_batches(files: list[Path], seq_len: int, seqs_per_step: int, rank: int, world_size: int,
+                  device: torch.device):
+    """Yield, per step, this rank's micro-batches [(inputs int32, targets int64), ...].
+
+    A step reads the next seqs_per_step * seq_len + 1 tokens; sequence i starts at pos + i * seq_len.
+    Rank r takes sequences r * m .. r * m + m - 1 (m = seqs_per_step / world_size), so any world size
+    sees the same tokens in the same order. Shards are read in order, once; a tail too short for a
+    step is dropped."""
+    step_tokens = seqs_per_step * seq_len
+    per_rank = seqs_per_step // world_size
+    pin = device.type == "cuda"
+    shards = iter(files)
+    tokens, pos = load_shard(next(shards), pin), 0
+    while True:
+        while pos + step_tokens + 1 >= len(tokens):
+            tokens, pos = load_shard(next(shards), pin), 0
+        batch = []
+        for j in range(per_rank):
+            start = pos + (rank * per_rank + j) * seq_len
+            buf = tokens[start:start + seq_len + 1]
+            batch.append((buf[:-1].to(device=device, dtype=torch.int32, non_blocking=True),
+                          buf[1:].to(device=device, dtype=torch.int64, non_blocking=True)))
+        pos += step_tokens
+        yield batch
+
+
+# -----------------------------------------------------------------------------------------------------
+# logging
+
+
+def format_val_line(step: int, num_iterations: int, val_loss: float, train_time_ms: float) -> str:
+    return (f"step:{step}/{num_iterations} val_loss:{val_loss:.6f} train_time:{train_time_ms:.0f}ms "
+            f"step_avg:{train_time_ms / max(step, 1):.2f}ms")
+
+
+def format_train_line(step: int, num_iterations: int, train_time_ms: float) -> str:
+    """step counts completed steps."""
+    return f"step:{step}/{num_iterations} train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / step:.2f}ms"
+
+
+class RunLog:
+    """<folder>/<run id>.txt (the speedrun's log) and <run id>.json (a summary for tools), both written
+    as the run goes. Neither file is ever overwritten: a clash of run ids is an error."""
+
+    def __init__(self, folder, run_id: str, enabled: bool = True, console: bool = True):
+        self.enabled, self.console = enabled, console
+        self.summary = dict(format="speedrun-run/1", run_id=run_id, record=Path(folder).name, status="running",
+                            log_file=f"{run_id}.txt", hyperparameters={}, environment={}, num_iterations=None,
+                            val_losses=[], final_val_loss=None, train_time_ms=None, step_avg_ms=None,
+                            steps_done=0, peak_memory_allocated_mib=None, peak_memory_reserved_mib=None)
+        if not enabled:
+            return
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.txt_path, self.json_path = folder / f"{run_id}.txt", folder / f"{run_id}.json"
+        try:
+            self.txt = open(self.txt_path, "x", encoding="utf-8")
+            open(self.json_path, "x").close()
+        except FileExistsError as e:
+            raise UserError(f"{e.filename} already exists; run logs are never overwritten. "
+                            f"Choose another --record or run id.") from None
+        self._save()
+
+    def write(self, line: str, console: bool = False) -> None:
+        if not self.enabled:
+            return
+        self.txt.write(line + "\n")
+        self.txt.flush()
+        if console and self.console:
+            print(line, flush=True)
+
+    def set_header(self, source: str, environment: dict, hyperparameters: dict) -> None:
+        self.summary.update(environment=environment, hyperparameters=hyperparameters,
+                            num_iterations=hyperparameters.get("num_iterations"))
+        self.write(source)
+        self.write("=" * 100)
+        for key, value in environment.items():
+            text = str(value)
+            self.write(f"{key}:\n{text}" if "\n" in text else f"{key}: {text}")
+        self.write("hyperparameters:")
+        for key, value in hyperparameters.items():
+            self.write(f"  {key} = {value!r}")
+        self._save()
+
+    def log_val(self, step: int, num_iterations: int, val_loss: float, train_time_ms: float) -> None:
+        self.write(format_val_line(step, num_iterations, val_loss, train_time_ms), console=True)
+        self.summary["val_losses"].append(dict(step=step, val_loss=val_loss, train_time_ms=train_time_ms))
+        self.summary["steps_done"] = step
+        if step == num_iterations:
+            self.summary.update(final_val_loss=val_loss, train_time_ms=train_time_ms,
+                                step_avg_ms=train_time_ms / max(step, 1))
+        self._save()
+
+    def log_train(self, step: int, num_iterations: int, train_time_ms: float) -> None:
+        self.write(format_train_line(step, num_iterations, train_time_ms), console=True)
+        self.summary["steps_done"] = step
+
+    def log_memory(self, allocated_mib: int, reserved_mib: int) -> None:
+        self.write(f"peak memory allocated: {allocated_mib} MiB reserved: {reserved_mib} MiB", console=True)
+        self.summary.update(peak_memory_allocated_mib=allocated_mib, peak_memory_reserved_mib=reserved_mib)
+        self._save()
+
+    def finish(self, status: str) -> None:
+        self.summary["status"] = status
+        self._save()
+        if self.enabled:
+            self.txt.close()
+
+    def _save(self) -> None:
+        if not self.enabled:
+            return
+        tmp = self.json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.summary, indent=1) + "\n")
+        os.replace(tmp, self.json_path)
+
+
+def environment_info(device: torch.device, world_size: int, ns_impl: str) -> dict:
+    def run(cmd: list[str]) -> Optional[str]:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                                 cwd=Path(__file__).resolve().parent)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                host=platform.node(), python=sys.version.split()[0], torch=torch.__version__,
+                cuda=torch.version.cuda, device=str(device), world_size=world_size, newton_schulz=ns_impl,
+                command=" ".join([sys.executable] + sys.argv))
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    commit = run(["git", "rev-parse", "HEAD"])
+    if commit:
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"])
+        info["git_commit"] = commit + (" (uncommitted changes)" if dirty else "")
+    # Variables that change what runs; the log must describe the run completely.
+    info["env"] = {k: v for k, v in sorted(os.environ.items())
+                   if k.startswith(("TORCH", "NCCL", "CUDA", "TRITON", "PYTORCH", "OMP"))} or None
+    if device.type == "cuda":
+        info["nvidia-smi"] = run(["nvidia-smi"])
+    return info
+
+
+# -----------------------------------------------------------------------------------------------------
+# main
+
+
+class Diverged(Exception):
+    """A non-finite loss: the run stops at once instead of burning the node's remaining minutes."""
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def resolve_runtime(args: Hyperparameters) -> Runtime:
+    """Rank and world from torchrun's variables (rank 0 of 1 without them), and the device."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if world_size < 1 or args.seqs_per_step % world_size:
+        raise UserError(
+            f"WORLD_SIZE={world_size} does not divide --seqs_per_step={args.seqs_per_step}: every rank must run "
+            f"the same number of sequences per step. Use 1, 2, 4 or 8 processes for the record "
+            f"(torchrun --nproc_per_node=N).")
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        raise UserError("--device=cuda but torch sees no CUDA GPU (torch.cuda.is_available() is False). "
+                        "Check the driver and CUDA_VISIBLE_DEVICES, or that torch is a CUDA build.")
+    if args.device == "auto" and not cuda and args.preset != "tiny":
+        raise UserError(
+            "no CUDA GPU is visible, and the record configuration is not run on CPU by accident (a broken "
+            "driver must not silently become a CPU run). Fix CUDA, use --preset=tiny, or pass --device=cpu "
+            "to really run this configuration on CPU.")
+    if args.device == "cpu" or not cuda:
+        return Runtime(rank, world_size, torch.device("cpu"))
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPU(s) are visible.")
+    return Runtime(rank, world_size, torch.device("cuda", local_rank))
+
+
+def snapshot(model: nn.Module, optimizers: list, snoo: Optional[Snoo]) -> dict:
+    return dict(model=copy.deepcopy(model.state_dict()),
+                optimizers=[copy.deepcopy(opt.state_dict()) for opt in optimizers],
+                snoo=snoo.state_dict() if snoo else None)
+
+
+def restore(saved: dict, model: nn.Module, optimizers: list, snoo: Optional[Snoo]) -> None:
+    model.load_state_dict(saved["model"])
+    for opt, state in zip(optimizers, saved["optimizers"]):
+        opt.load_state_dict(state)
+    if snoo:
+        snoo.load_state_dict(saved["snoo"])
+
+
+def all_reduce_avg(t: Tensor, rt: Runtime, async_op: bool = False):
+    if rt.world_size > 1:
+        return dist.all_reduce(t, op=dist.ReduceOp.AVG, async_op=async_op)
+    return None
+
+
+def train_step(model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo: Optional[Snoo]) -> Tensor:
+    """Forward/backward over this rank's micro-batches, average gradients over ranks, step everything.
+    Returns the rank-averaged training loss (a tensor, not synchronized)."""
+    loss = 0
+    for inputs, targets in batch:
+        micro = model(inputs, targets, window) / len(batch)
+        micro.backward()
+        loss = loss + micro.detach()
+    # all-reduce per parameter as soon as backward ends; each optimizer waits only for its own
+    handles = {opt: [all_reduce_avg(p.grad, rt, async_op=True) for g in opt.param_groups for p in g["params"]]
+               for opt in optimizers}
+    loss_handle = all_reduce_avg(loss, rt, async_op=True)
+    for opt in optimizers:
+        for h in handles[opt]:
+            if h is not None:
+                h.wait()
+        opt.step()
+    if snoo:
+        snoo.step()
+    model.zero_grad(set_to_none=True)
+    if loss_handle is not None:
+        loss_handle.wait()
+    return loss
+
+
+@torch.no_grad()
+def evaluate(model, args: Hyperparameters, rt: Runtime, window: Tensor) -> float:
+    model.eval()
+    val_steps = args.val_tokens // (args.seqs_per_step * args.val_seq_len)
+    batches = token_batches(shard_files(args.val_files, "val_files", ""), args.val_seq_len, args.seqs_per_step,
+                            rt.rank, rt.world_size, rt.device)
+    total = torch.zeros((), device=rt.device)
+    for _ in range(val_steps):
+        for inputs, targets in next(batches):
+            total += model(inputs, targets, window).float()
+    total /= val_steps * (args.seqs_per_step // rt.world_size)
+    all_reduce_avg(total, rt)
+    model.train()
+    return total.item()
+
+
+def run(args: Hyperparameters, rt: Runtime) -> int:
+    check_data(args, rt.world_size)
+    if args.seed is None:
+        args.seed = secrets.randbits(31)
+    torch.manual_seed(args.seed)
+
+    on_cuda = rt.device.type == "cuda"
+    model = build_model(args, attention="flex" if on_cuda else "dense").to(rt.device)
+    if rt.world_size > 1:
+        for p in model.parameters():
+            dist.broadcast(p.detach(), 0)
+    adam, muon, snoo = build_optimizers(model, args, rt.rank, rt.world_size)
+    optimizers = [adam, muon]
+    compiled = model
+    if on_cuda and args.compile:
+        import torch._inductor.config as inductor_config
+        inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
+        compiled = torch.compile(model, dynamic=False)
+
+    run_id = f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+    log = RunLog(Path(args.records_dir) / args.record, run_id, enabled=rt.master)
+    if rt.master:
+        print(f"logging to {log.txt_path}", flush=True)
+    if rt.master:
+        log.set_header(Path(__file__).read_text(encoding="utf-8"),
+                       environment_info(rt.device, rt.world_size, muon.ns_impl), asdict(args))
+    log.write(f"parameters: {sum(p.numel() for p in model.parameters()):,}", console=True)
+
+    def window(step: int) -> Tensor:
+        return torch.tensor(window_blocks(step, args), dtype=torch.int32, device=rt.device)
+
+    micro_batches = args.seqs_per_step // rt.world_size
+    # Kernel warmup: compile and autotune on random tokens, then restore the initial state (untimed).
+    if args.warmup_steps:
+        saved = snapshot(model, optimizers, snoo)
+        for _ in range(args.warmup_steps):
+            batch = [(torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device, dtype=torch.int32),
+                      torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device))
+                     for _ in range(micro_batches)]
+            train_step(compiled, batch, window(0), rt, optimizers, snoo)
+        restore(saved, model, optimizers, snoo)
+        del saved
+
+    train_batches = token_batches(shard_files(args.train_files, "train_files", ""), args.train_seq_len,
+                                  args.seqs_per_step, rt.rank, rt.world_size, rt.device)
+    N = args.num_iterations
+    training_time_ms = 0.0
+    pending_loss = None  # the previous step's loss, checked one step late so the GPU never waits for it
+    status = "failed"
+    try:
+        rt.synchronize()
+        t0 = time.perf_counter()
+        for step in range(N + 1):
+            last = step == N
+            if last or (args.val_loss_every and step % args.val_loss_every == 0):
+                rt.synchronize()
+                training_time_ms += 1000 * (time.perf_counter() - t0)
+                val_loss = evaluate(compiled, args, rt, window(step))
+                if not math.isfinite(val_loss):
+                    raise Diverged(f"at step {step}: non-finite validation loss {val_loss}")
+                log.log_val(step, N, val_loss, training_time_ms)
+                rt.synchronize()
+                t0 = time.perf_counter()
+            if last:
+                break
+            set_schedules(step, args, optimizers)
+            loss = train_step(compiled, next(train_batches), window(step), rt, optimizers, snoo)
+            if pending_loss is not None and not math.isfinite(pending_loss[1].item()):
+                raise Diverged(f"at step {pending_loss[0]}: non-finite train loss {pending_loss[1].item()}")
+            pending_loss = (step + 1, loss)
+            log.log_train(step + 1, N, training_time_ms + 1000 * (time.perf_counter() - t0))
+        if on_cuda:
+            log.log_memory(torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20)
+        status = "finished"
+    except Diverged as e:
+        log.write(f"DIVERGED {e}; run stopped.", console=True)
+        status = "diverged"
+    finally:
+        log.finish(status)
+    return 0 if status == "finished" else 3
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text())
+        return 0
+    rt = None
+    try:
+        args = parse_args(argv)
+        rt = resolve_runtime(args)
+        if rt.world_size > 1:
+            if rt.device.type == "cuda":
+                torch.cuda.set_device(rt.device)
+            dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo", device_id=(
+                rt.device if rt.device.type == "cuda" else None))
+        return run(args, rt)
+    except UserError as e:
+        if rt is None or rt.master:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
