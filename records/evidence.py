@@ -1,0 +1,776 @@
+"""Statistical evidence for a speedrun record.
+
+A record is accepted when independent runs show, with p < 0.01, that the mean final validation
+loss is below the target, and when its training time is known. This script reads the runs (our
+.txt logs and .json summaries, or the public speedrun's logs), prints the statistics in the
+speedrun's own format, and adds what a contributor needs to decide and document a submission:
+how often a batch of runs would pass (bootstrap), how many runs to pay for (power table), how it
+compares with a baseline run on the same machine (Welch), a README section and a figure.
+
+    python records/evidence.py records/NAME
+    python records/evidence.py records/NAME --baseline records/PREVIOUS \
+        --markdown records/NAME/README.md --plot records/NAME/evidence.png
+
+See records/README.md for the meaning of every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+DEFAULT_TARGET = 2.92
+ALPHA = 0.01  # the acceptance threshold on the p-value
+CONFIDENCE = 0.99
+# Power planning estimates the pass probability on this grid of batch sizes; the text table shows
+# POWER_SHOWN, the search for the smallest sufficient batch uses the whole grid.
+POWER_GRID = tuple(range(5, 81, 5))
+POWER_SHOWN = (10, 20, 40, 80)
+POWER_GOAL = 0.9
+ZOOM_ABOVE_TARGET = 0.05  # the plot's inset shows val losses up to target + this
+
+RUN_FORMAT = "speedrun-run/"  # prefix of the "format" field of train_gpt.py's summaries
+REPORT_FORMAT = "speedrun-evidence/1"  # this script's --json output, ignored when found in folders
+LOG_SUFFIXES = (".txt", ".log")
+SEPARATOR = b"=" * 100 + b"\n"  # ends the script source at the top of every log
+
+# Only lines that fully match count: the source at the top of a log holds these formats as f-string
+# text, which has braces where the numbers go. Logs are parsed as bytes: decoding a whole log costs more
+# than reading it. The pattern starts with the newline before the line: a literal prefix lets the regex
+# engine skip ahead, about 4x faster than anchoring with ^ in MULTILINE mode.
+_NUM = rb"[-+]?(?:\d+(?:\.\d*)?|nan|inf)"
+_VAL_LINE = re.compile(
+    rb"\nstep:(\d+)/(\d+) val_loss:(" + _NUM + rb") train_time:(\d+(?:\.\d+)?)ms step_avg:" + _NUM + rb"ms(?=\r?\n|\Z)"
+)
+_STEP_START = re.compile(rb"step:(\d+)/(\d+) ")
+
+
+class EvidenceError(Exception):
+    """A user mistake or unusable input, reported as one paragraph without a traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    file: Path  # the log when there is one, else the summary
+    final_val_loss: float
+    train_time_ms: float
+    num_iterations: int
+    curve: np.ndarray  # (k, 2): train_time_ms, val_loss of every validation
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    file: Path
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Unusable:
+    """A .json that tells nothing about a run (broken, or not a run summary): a log beside it decides."""
+
+    reason: str
+    quiet: bool = False  # this script's own report, which is expected in a submission folder
+
+
+@dataclasses.dataclass
+class Loaded:
+    runs: list[Run]
+    skips: list[Skip]
+    notes: list[str]  # warnings about inputs that did not cost a run
+
+
+# --------------------------------------------------------------------------------------- reading
+
+
+def _candidate_files(paths: list[str]) -> list[Path]:
+    files = []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files += [
+                    Path(root) / name
+                    for name in sorted(names)
+                    if not name.startswith(".") and name.endswith(LOG_SUFFIXES + (".json",))
+                ]
+        elif path.is_file():
+            files.append(path)
+        elif path.exists():
+            raise EvidenceError(f"{arg} is neither a file nor a folder.")
+        else:
+            raise EvidenceError(
+                f"{arg} does not exist. Give run logs (.txt), their JSON summaries, or folders holding them."
+            )
+    return files
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise EvidenceError(f"cannot read {path}: {e.strerror or e}.") from None
+
+
+def read_log(path: Path) -> Run | str:
+    """The run in a text log, or the reason it does not count."""
+    text = _read_bytes(path)
+    # Step lines follow the first separator; lines before it are the script's own source.
+    sep = text.find(SEPARATOR)
+    while sep > 0 and text[sep - 1 : sep] != b"\n":
+        sep = text.find(SEPARATOR, sep + 1)
+    # body starts with a newline, the one before its first line
+    body = b"\n" + text if sep < 0 else text[sep + len(SEPARATOR) - 1 :]
+
+    vals = [m.groups() for m in _VAL_LINE.finditer(body)]
+    diverged = body.find(b"\nDIVERGED")
+    if diverged >= 0:
+        line = body[diverged + 1 :].split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
+        return f"run diverged ({line})"
+    final = None
+    for step, total, loss, ms in reversed(vals):
+        if step == total:
+            final = (int(total), float(loss), float(ms))
+            break
+    if final is None:
+        last = _last_step(body)
+        if last is None:
+            return "not a training log (no step lines)"
+        return f"no final val line (log ends at step {last[0]}/{last[1]}: unfinished or truncated run)"
+    total, loss, ms = final
+    if not math.isfinite(loss):
+        return f"final val loss is {loss}"
+    curve = np.array([(float(v[3]), float(v[2])) for v in vals if int(v[1]) == total], dtype=float)
+    return Run(path, loss, ms, total, curve)
+
+
+def _last_step(body: bytes) -> tuple[int, int] | None:
+    pos = len(body)
+    while pos > 0:
+        pos = body.rfind(b"step:", 0, pos)
+        if pos < 0:
+            return None
+        m = _STEP_START.match(body, pos)
+        if m and (pos == 0 or body[pos - 1 : pos] == b"\n"):
+            return int(m[1]), int(m[2])
+    return None
+
+
+def read_summary(path: Path) -> Run | str | Unusable:
+    """The run in a JSON summary, the reason the run does not count, or why the file is no summary."""
+    raw = _read_bytes(path)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return Unusable("empty file" if not raw.strip() else f"truncated or invalid JSON ({e})")
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt == REPORT_FORMAT:
+        return Unusable("an evidence.py report", quiet=True)
+    if not isinstance(fmt, str) or not fmt.startswith(RUN_FORMAT):
+        return Unusable(
+            "not a run summary (no 'format' field)" if fmt is None else f"not a run summary (format {fmt!r})"
+        )
+    if fmt != RUN_FORMAT + "1":
+        return Unusable(f"unsupported summary format {fmt!r} (this script reads {RUN_FORMAT}1)")
+    status = data.get("status")
+    if status != "finished":
+        return f"status {status!r}, only finished runs count"
+    total = data.get("num_iterations")
+    loss = data.get("final_val_loss")
+    ms = data.get("train_time_ms")
+    if not (isinstance(total, int) and total > 0):
+        return f"malformed summary: num_iterations is {total!r}"
+    if not isinstance(loss, (int, float)) or not isinstance(ms, (int, float)):
+        return f"malformed summary: final_val_loss {loss!r}, train_time_ms {ms!r}"
+    if not math.isfinite(loss):
+        return f"final val loss is {loss}"
+    points = []
+    for v in data.get("val_losses") or []:
+        if isinstance(v, dict) and all(isinstance(v.get(k), (int, float)) for k in ("val_loss", "train_time_ms")):
+            points.append((float(v["train_time_ms"]), float(v["val_loss"])))
+    curve = np.array(points, dtype=float).reshape(-1, 2)
+    return Run(path, float(loss), float(ms), total, curve)
+
+
+def load(paths: list[str]) -> Loaded:
+    """Every run among the paths once: a log and its summary (same folder and stem) are one run."""
+    groups: dict[tuple[Path, str], dict[str, Path]] = {}
+    for file in _candidate_files(paths):
+        kind = "json" if file.suffix == ".json" else "log"
+        group = groups.setdefault((file.parent.resolve(), file.stem), {})
+        group.setdefault(kind, file)  # the same file reached twice, or x.txt beside x.log
+
+    loaded = Loaded([], [], [])
+    for key in sorted(groups, key=lambda k: (str(k[0]), k[1])):
+        group = groups[key]
+        log, summary = group.get("log"), group.get("json")
+        result = read_summary(summary) if summary is not None else None
+        # A summary decides about its run; the log decides when there is no usable summary.
+        if isinstance(result, Unusable):
+            if log is None and result.quiet:
+                continue
+            if log is None:
+                result = result.reason
+            else:
+                if not result.quiet:
+                    loaded.notes.append(f"warning: ignored {summary}: {result.reason}; using {log}")
+                result = None
+        if result is None:
+            result = read_log(log)
+        elif isinstance(result, Run) and log is not None:
+            result = dataclasses.replace(result, file=log)  # a run is listed by its log
+        if isinstance(result, Run):
+            loaded.runs.append(result)
+        else:
+            loaded.skips.append(Skip(log if log is not None else summary, result))
+    return loaded
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Degenerate samples (all values equal) make scipy warn; their p-values (0 or 1) are right."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _float(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _interval(x: np.ndarray) -> list[float] | None:
+    if len(x) < 2:
+        return None
+    with _quiet():
+        ci = stats.ttest_1samp(x, 0.0).confidence_interval(CONFIDENCE)
+    return [float(ci.low), float(ci.high)]
+
+
+def describe_val_loss(x: np.ndarray, target: float) -> dict:
+    out = {
+        "mean": float(np.mean(x)),
+        "std": float(np.std(x, ddof=1)) if len(x) > 1 else None,
+        "median": float(np.median(x)),
+        "min": float(np.min(x)),
+        "max": float(np.max(x)),
+        "ci99": _interval(x),
+        "pvalue": None,
+    }
+    if len(x) > 1:
+        with _quiet():
+            out["pvalue"] = _float(stats.ttest_1samp(x, target, alternative="less").pvalue)
+    return out
+
+
+def describe_time(minutes: np.ndarray, ms_per_step: np.ndarray) -> tuple[dict, dict]:
+    train = {
+        "mean": float(np.mean(minutes)),
+        "std": float(np.std(minutes, ddof=1)) if len(minutes) > 1 else None,
+        "ci99": _interval(minutes),
+    }
+    per_step = {"mean": float(np.mean(ms_per_step)), "ci99": _interval(ms_per_step)}
+    return train, per_step
+
+
+def bootstrap_pvalues(x: np.ndarray, target: float, size: int, samples: int, seed: int) -> np.ndarray:
+    """One-sided t-test p-values of `samples` resamples (with replacement) of `size` runs."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(samples, size))
+    resamples = x[idx]
+    with _quiet():
+        p = stats.ttest_1samp(resamples, target, axis=1, alternative="less").pvalue
+    # A resample of one repeated run has no variance: rounding in its mean would decide its t statistic,
+    # so decide it directly (certainly below the target, or no evidence).
+    constant = np.ptp(resamples, axis=1) == 0
+    p[constant] = np.where(resamples[constant, 0] < target, 0.0, 1.0)
+    return p
+
+
+def power_table(x: np.ndarray, target: float, samples: int, seed: int) -> dict:
+    """Pass probability of a batch of n runs, treating the observed runs as the population.
+
+    Every n reuses the same seed, so the entry for the --sample-size batch equals the bootstrap
+    section, and neighbouring n share random numbers, which keeps the curve smooth.
+    """
+    table = [
+        {"n": n, "frac_below_0_01": float(np.mean(bootstrap_pvalues(x, target, n, samples, seed) < ALPHA))}
+        for n in POWER_GRID
+    ]
+    enough = [row["n"] for row in table if row["frac_below_0_01"] >= POWER_GOAL]
+    return {
+        "samples": samples,
+        "seed": seed,
+        "goal": POWER_GOAL,
+        "table": table,
+        "min_n_90": enough[0] if enough else None,
+    }
+
+
+def welch(a: np.ndarray, b: np.ndarray) -> dict:
+    """Mean of a minus mean of b, with Welch's two-sided p-value and 99% interval."""
+    with _quiet():
+        res = stats.ttest_ind(a, b, equal_var=False)
+        ci = res.confidence_interval(CONFIDENCE)
+    return {
+        "diff": float(np.mean(a) - np.mean(b)),
+        "ci99": [_float(ci.low), _float(ci.high)],
+        "pvalue": _float(res.pvalue),
+    }
+
+
+def _arrays(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    loss = np.array([r.final_val_loss for r in runs])
+    ms = np.array([r.train_time_ms for r in runs])
+    steps = np.array([r.num_iterations for r in runs])
+    return loss, ms / 60_000.0, ms / steps
+
+
+def _steps(runs: list[Run]) -> int | list[int]:
+    distinct = sorted({r.num_iterations for r in runs})
+    return distinct[0] if len(distinct) == 1 else distinct
+
+
+def _describe_set(loaded: Loaded, target: float) -> dict:
+    loss, minutes, per_step = _arrays(loaded.runs)
+    train, step = describe_time(minutes, per_step)
+    return {
+        "n": len(loaded.runs),
+        "skipped": len(loaded.skips),
+        "val_loss": describe_val_loss(loss, target),
+        "train_time_min": train,
+        "ms_per_step": step,
+        "steps": _steps(loaded.runs),
+        "runs": [
+            {
+                "file": str(r.file),
+                "final_val_loss": r.final_val_loss,
+                "train_time_ms": r.train_time_ms,
+                "steps": r.num_iterations,
+            }
+            for r in loaded.runs
+        ],
+        "skipped_files": [{"file": str(s.file), "reason": s.reason} for s in loaded.skips],
+    }
+
+
+def analyse(
+    loaded: Loaded, target: float, samples: int, size: int, seed: int, baseline: Loaded | None = None
+) -> tuple[dict, np.ndarray]:
+    """The report (as written by --json) and the bootstrap p-values behind it."""
+    described = _describe_set(loaded, target)
+    loss = _arrays(loaded.runs)[0]
+    report = {"format": REPORT_FORMAT, "n": described["n"], "skipped": described["skipped"], "target": target}
+    report["val_loss"] = described["val_loss"]
+    pvalues = np.array([])
+    boot = {
+        "samples": samples,
+        "size": size,
+        "seed": seed,
+        "mean_p": None,
+        "max_p": None,
+        "var_p": None,
+        "frac_below_0_01": None,
+    }
+    if len(loss) > 1:
+        pvalues = bootstrap_pvalues(loss, target, size, samples, seed)
+        boot.update(
+            mean_p=float(np.mean(pvalues)),
+            max_p=float(np.max(pvalues)),
+            var_p=float(np.var(pvalues)),
+            frac_below_0_01=float(np.mean(pvalues < ALPHA)),
+        )
+    report["bootstrap"] = boot
+    for key in ("train_time_min", "ms_per_step", "steps"):
+        report[key] = described[key]
+    report["power"] = power_table(loss, target, samples, seed) if len(loss) > 1 else None
+    report["runs"] = described["runs"]
+    report["skipped_files"] = described["skipped_files"]
+    if baseline is not None:
+        report["baseline"] = _describe_set(baseline, target)
+        if len(loaded.runs) > 1 and len(baseline.runs) > 1:
+            base_loss, base_min, _ = _arrays(baseline.runs)
+            _, minutes, _ = _arrays(loaded.runs)
+            report["comparison"] = {"val_loss": welch(loss, base_loss), "train_time_min": welch(minutes, base_min)}
+        else:
+            report["comparison"] = None
+    return report, pvalues
+
+
+# ------------------------------------------------------------------------------------- rendering
+
+
+def _p(p: float | None) -> str:
+    # The speedrun prints six decimals; tiny p-values keep their magnitude instead of reading 0.
+    if p is None:
+        return "undefined (no variation)"
+    return f"{p:.6f}" if p == 0 or p >= 1e-6 else f"{p:.2e}"
+
+
+def _num(x: float | None, spec: str) -> str:
+    return "undefined" if x is None else format(x, spec)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
+def _too_few(n: int) -> str:
+    return f"(std, 99% intervals and t-tests need at least 2 runs; there {'is' if n == 1 else 'are'} {n})"
+
+
+def render_text(report: dict) -> str:
+    v, b, t, s = report["val_loss"], report["bootstrap"], report["train_time_min"], report["ms_per_step"]
+    n = report["n"]
+    lines = [
+        f"Processed {_runs(n)} ({report['skipped']} skipped).",
+        "--- Val Loss Stats ---",
+        f"mean: \t{v['mean']:.6f}",
+    ]
+    if n > 1:
+        lo, hi = v["ci99"]
+        lines += [
+            f"std:  \t{v['std']:.6f}",
+            f"val loss 99% confidence interval: ({lo:.6f} - {hi:.6f})",
+            f"val_loss t-test p={_p(v['pvalue'])} (small means <{report['target']:g})",
+            "",
+            f"--- Bootstrap p-value analysis ({b['samples']} samples of size {b['size']} each) ---",
+            f"Mean p-value: {b['mean_p']:.6f}",
+            f"Max p-value: {b['max_p']:.6f}",
+            f"Variance of p-values: {b['var_p']:.6f}",
+            f"Percentage of p-values below 0.01: {100 * b['frac_below_0_01']:.2f}%",
+            "",
+            "--- Training Time Stats ---",
+            f"train time (minutes): mean={t['mean']:.4f}, std={t['std']:.4f}",
+            "train time 99% confidence interval: ({:.4f} - {:.4f})".format(*t["ci99"]),
+            "avg ms per iteration: {:.4f}. 99% confidence interval: ({:.4f} - {:.4f})".format(s["mean"], *s["ci99"]),
+        ]
+        lines += _render_power(report["power"], n)
+    else:
+        lines += [
+            _too_few(n),
+            "",
+            "--- Training Time Stats ---",
+            f"train time (minutes): mean={t['mean']:.4f}",
+            f"avg ms per iteration: {s['mean']:.4f}",
+        ]
+    if "baseline" in report:
+        lines += _render_baseline(report)
+    return "\n".join(lines) + "\n"
+
+
+def _render_power(power: dict, n: int) -> list[str]:
+    table = {row["n"]: row["frac_below_0_01"] for row in power["table"]}
+    lines = [
+        "",
+        f"--- Power planning (bootstrap from the {n} observed runs, {power['samples']} samples per size) ---",
+        "runs  P(p < 0.01)",
+    ]
+    lines += [f"{k:>4}  {100 * table[k]:>10.2f}%" for k in POWER_SHOWN]
+    found = f"{power['min_n_90']} runs" if power["min_n_90"] is not None else f"more than {POWER_GRID[-1]} runs"
+    lines.append(
+        f"smallest n (multiple of {POWER_GRID[0]}, up to {POWER_GRID[-1]}) "
+        f"with P(p < 0.01) >= {POWER_GOAL:.0%}: {found}"
+    )
+    return lines
+
+
+def _render_baseline(report: dict) -> list[str]:
+    base = report["baseline"]
+    v, t, s = base["val_loss"], base["train_time_min"], base["ms_per_step"]
+    lines = ["", f"--- Baseline: {_runs(base['n'])} ({base['skipped']} skipped) ---"]
+    if base["n"] > 1:
+        lines += [
+            "val loss: mean={:.6f}, std={:.6f}, 99% confidence interval: ({:.6f} - {:.6f})".format(
+                v["mean"], v["std"], *v["ci99"]
+            ),
+            f"val_loss t-test p={_p(v['pvalue'])} (small means <{report['target']:g})",
+            "train time (minutes): mean={:.4f}, std={:.4f}, 99% confidence interval: ({:.4f} - {:.4f})".format(
+                t["mean"], t["std"], *t["ci99"]
+            ),
+            "avg ms per iteration: {:.4f}. 99% confidence interval: ({:.4f} - {:.4f})".format(s["mean"], *s["ci99"]),
+        ]
+    else:
+        lines += [
+            f"val loss: mean={v['mean']:.6f}",
+            f"train time (minutes): mean={t['mean']:.4f}",
+            f"avg ms per iteration: {s['mean']:.4f}",
+        ]
+    lines += ["", "--- Comparison (submission minus baseline; Welch t-test, two-sided) ---"]
+    comp = report["comparison"]
+    if comp is None:
+        lines.append(f"needs at least 2 runs on each side (submission {report['n']}, baseline {base['n']})")
+        return lines
+    for label, c, spec in [
+        ("val loss difference", comp["val_loss"], "+.6f"),
+        ("train time difference (minutes)", comp["train_time_min"], "+.4f"),
+    ]:
+        lo, hi = (_num(x, spec) for x in c["ci99"])
+        lines.append(f"{label}: {c['diff']:{spec}}, 99% confidence interval: {lo} to {hi}, p={_p(c['pvalue'])}")
+    return lines
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _rel(file: str, folder: Path) -> str:
+    return Path(os.path.relpath(Path(file).resolve(), folder.resolve())).as_posix()
+
+
+def render_markdown(report: dict, markdown_path: Path, plot_path: Path | None, command: str) -> str:
+    folder = markdown_path.parent
+    v, t, s, n = report["val_loss"], report["train_time_min"], report["ms_per_step"], report["n"]
+    power = {row["n"]: row["frac_below_0_01"] for row in report["power"]["table"]} if report["power"] else {}
+    pass40 = f"{100 * power[40]:.1f}%" if 40 in power else "n/a"
+    p = _p(v["pvalue"]) if v["pvalue"] is not None else "n/a"
+    lines = [
+        "## Evidence",
+        "",
+        f"Made with `{command}`.",
+        "",
+        f"| runs | mean val loss | p (mean < {report['target']:g}) | P(p < 0.01) at 40 runs "
+        "| mean time (min) | ms/step |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {n} ({report['skipped']} skipped) | {v['mean']:.6f} | {p} | {pass40} "
+        f"| {t['mean']:.4f} | {s['mean']:.2f} |",
+        "",
+    ]
+    if plot_path is not None:
+        lines += [f"![val loss, final losses and bootstrap p-values]({_rel(str(plot_path), folder)})", ""]
+    lines += ["```text", render_text(report).rstrip("\n"), "```", ""]
+    lines += _md_runs("Runs", report, folder)
+    if "baseline" in report:
+        lines += _md_runs("Baseline runs", report["baseline"], folder)
+    return "\n".join(lines)
+
+
+def _md_runs(title: str, described: dict, folder: Path) -> list[str]:
+    lines = [f"### {title}", "", "| file | final val loss | train time (min) |", "|---|---:|---:|"]
+    for r in described["runs"]:
+        rel = _md(_rel(r["file"], folder))
+        lines.append(f"| [{rel}]({rel}) | {r['final_val_loss']:.6f} | {r['train_time_ms'] / 60_000:.4f} |")
+    lines.append("")
+    if described["skipped_files"]:
+        lines += [f"Skipped ({len(described['skipped_files'])}):", ""]
+        lines += [f"- `{_rel(s['file'], folder)}`: {_md(s['reason'])}" for s in described["skipped_files"]]
+        lines.append("")
+    return lines
+
+
+def plot(path: Path, report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Run] | None) -> None:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise EvidenceError(
+            "--plot needs matplotlib, which is not installed: pip install matplotlib (or leave out --plot)."
+        ) from None
+
+    fig = Figure(figsize=(17, 4.8), layout="constrained")
+    curves, finals, boot = fig.subplots(1, 3)
+    target = report["target"]
+
+    # The whole curves span ~11 down to the target; the inset zooms on the end, where runs differ.
+    zoom = curves.inset_axes([0.35, 0.3, 0.6, 0.6])
+    sets = [(baseline or [], dict(color="0.6", lw=0.7, alpha=0.5)), (runs, dict(color="C0", lw=0.7, alpha=0.5))]
+    for group, style in sets:
+        for r in group:
+            marker = "." if len(r.curve) == 1 else None
+            curves.plot(r.curve[:, 0] / 60_000, r.curve[:, 1], marker=marker, **style)
+            late = r.curve[r.curve[:, 1] <= target + ZOOM_ABOVE_TARGET]
+            zoom.plot(late[:, 0] / 60_000, late[:, 1], marker=marker, **style)
+    for ax in (curves, zoom):
+        ax.axhline(target, color="C3", ls="--", lw=1, label=f"target {target:g}")
+    zoom.set_title(f"val loss below {target + ZOOM_ABOVE_TARGET:g}", fontsize="small")
+    zoom.tick_params(labelsize="small")
+    curves.set(
+        xlabel="training time (min)",
+        ylabel="val loss",
+        title="Val loss of every run" + (" (grey: baseline)" if baseline else ""),
+    )
+    curves.legend(loc="lower left")
+
+    loss = np.array([r.final_val_loss for r in runs])
+    base_loss = np.array([r.final_val_loss for r in baseline or []])
+    bins = np.histogram_bin_edges(np.concatenate([loss, base_loss, [target]]), bins="auto")
+    if report["val_loss"]["ci99"] is not None:
+        lo, hi = report["val_loss"]["ci99"]
+        finals.axvspan(lo, hi, color="C1", alpha=0.25, zorder=0, label="99% interval of the mean")
+    if len(base_loss):
+        finals.hist(base_loss, bins=bins, color="0.6", alpha=0.6, label="baseline")
+    finals.hist(loss, bins=bins, color="C0", alpha=0.7, label="runs")
+    finals.axvline(target, color="C3", ls="--", lw=1.5, label=f"target {target:g}")
+    finals.set(xlabel="final val loss", ylabel="runs", title=f"Final val loss ({_runs(len(loss))})")
+    finals.legend()
+
+    if len(pvalues):
+        floor = 1e-16  # p-values of 0 (zero-variance resamples) are drawn at the left edge
+        clipped = np.clip(pvalues, floor, 1)
+        bins = np.logspace(np.log10(clipped.min()), 0, 40)
+        boot.hist(clipped, bins=bins, color="C2")
+        boot.set_xscale("log")
+        boot.axvline(ALPHA, color="C3", ls="--", lw=1.5, label="p = 0.01")
+        b = report["bootstrap"]
+        boot.set_title(
+            f"Bootstrap p-values ({b['samples']} samples of {b['size']} runs): "
+            f"{100 * b['frac_below_0_01']:.1f}% < 0.01"
+        )
+        boot.legend()
+    else:
+        boot.text(0.5, 0.5, "the bootstrap needs at least 2 runs", ha="center", va="center", transform=boot.transAxes)
+        boot.set_title("Bootstrap p-values")
+    boot.set(xlabel="p-value", ylabel="samples")
+    try:
+        fig.savefig(path, dpi=110)
+    except (OSError, ValueError) as e:  # ValueError: a file type matplotlib cannot write
+        raise EvidenceError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}.") from None
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def _whole(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise argparse.ArgumentTypeError(f"expected a {what} whole number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, 1, "positive")
+
+
+def _seed(text: str) -> int:
+    return _whole(text, 0, "non-negative")
+
+
+def _sample_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError("a t-test needs samples of at least 2 runs")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="evidence.py",
+        description="Statistics of speedrun runs: is the mean final val loss below the target (p < 0.01), "
+        "how often would a batch of runs pass, and how long do runs take.",
+        epilog="Paths are run logs (.txt), JSON summaries written by train_gpt.py, or folders searched recursively "
+        "for both; a log and its summary count as one run. Give --baseline after the submission's paths.",
+    )
+    parser.add_argument("paths", nargs="+", help="logs, summaries or folders of the submission")
+    parser.add_argument(
+        "--target", type=_finite, default=DEFAULT_TARGET, help="val loss to beat (default %(default)s)"
+    )
+    parser.add_argument(
+        "--bootstrap", type=_positive_int, default=1000, help="bootstrap samples (default %(default)s)"
+    )
+    parser.add_argument(
+        "--sample-size", type=_sample_size, default=40, help="runs per bootstrap sample (default %(default)s)"
+    )
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap (default %(default)s)")
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        metavar="PATH",
+        help="runs to compare with, e.g. the previous record re-run on the same machine",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="write a README section for the submission to FILE"
+    )
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a figure of the runs to FILE.png")
+    parser.add_argument("--force", action="store_true", help="overwrite the --markdown and --plot files if they exist")
+    return parser.parse_args(argv)
+
+
+def _check_output(path: Path | None, force: bool, option: str) -> None:
+    if path is None:
+        return
+    if path.exists() and not force:
+        raise EvidenceError(f"{option} {path} already exists; give --force to overwrite it, or another file name.")
+    if not path.parent.is_dir():
+        raise EvidenceError(f"{option} {path}: the folder {path.parent} does not exist.")
+
+
+def _load_checked(paths: list[str], what: str) -> Loaded:
+    loaded = load(paths)
+    for note in loaded.notes:
+        print(note, file=sys.stderr)
+    for skip in loaded.skips:
+        print(f"warning: skipped {skip.file}: {skip.reason}", file=sys.stderr)
+    if not loaded.runs:
+        found = (
+            f"all {len(loaded.skips)} inputs were skipped (see the warnings above)"
+            if loaded.skips
+            else "no logs or summaries were found"
+        )
+        raise EvidenceError(
+            f"no finished runs in the {what} ({' '.join(paths)}): {found}. Give run logs (.txt), the JSON summaries "
+            "written by train_gpt.py, or folders holding them."
+        )
+    counts: dict[int, int] = {}
+    for r in loaded.runs:
+        counts[r.num_iterations] = counts.get(r.num_iterations, 0) + 1
+    if len(counts) > 1:
+        listed = ", ".join(f"{steps} steps ({_runs(k)})" for steps, k in sorted(counts.items()))
+        print(f"warning: the {what} runs have different num_iterations: {listed}", file=sys.stderr)
+    return loaded
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        _check_output(args.markdown, args.force, "--markdown")
+        _check_output(args.plot, args.force, "--plot")
+        if args.markdown is not None and args.plot is not None and args.markdown.resolve() == args.plot.resolve():
+            raise EvidenceError("--markdown and --plot name the same file.")
+        loaded = _load_checked(args.paths, "submission")
+        baseline = _load_checked(args.baseline, "baseline") if args.baseline else None
+        report, pvalues = analyse(loaded, args.target, args.bootstrap, args.sample_size, args.seed, baseline)
+        if args.plot is not None:
+            plot(args.plot, report, loaded.runs, pvalues, baseline.runs if baseline else None)
+        if args.markdown is not None:
+            command = " ".join(["python records/evidence.py", *(argv if argv is not None else sys.argv[1:])])
+            text = render_markdown(report, args.markdown, args.plot, command)
+            try:
+                args.markdown.write_text(text)
+            except OSError as e:
+                raise EvidenceError(f"cannot write {args.markdown}: {e.strerror or e}.") from None
+    except EvidenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else render_text(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
