@@ -1,0 +1,108 @@
+"""Time the record configuration on this machine's GPUs: compile time, ms per step, peak memory.
+
+    python benchmarks/bench_train.py                  # 1 GPU, 20 steps
+    python benchmarks/bench_train.py --nproc 8 --steps 50 --out benchmarks/results/train_8xh100.md
+
+Writes synthetic shards (random tokens in documents of ~1000 tokens) to a temporary folder, runs
+train_gpt.py with the record's hyperparameters for --steps steps (one validation, at the end, on
+--val_steps validation steps), and prints a table made from the run's own log. With fewer than 8
+processes each rank accumulates 8 / nproc sequences per step, so ms per step is per record step.
+"""
+import argparse
+import datetime
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "data"))
+from shards import write_shard  # noqa: E402
+
+TRAIN_LINE = re.compile(r"^step:(\d+)/\d+ train_time:(\d+)ms")
+VAL_LINE = re.compile(r"^step:\d+/\d+ val_loss:(\S+) ")
+WARMUP_LINE = re.compile(r"^kernel warmup: \d+ steps in ([\d.]+)s")
+MEMORY_LINE = re.compile(r"^peak memory allocated: (\d+) MiB reserved: (\d+) MiB")
+
+
+def synthetic_tokens(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 50256, n).astype(np.uint16)
+    tokens[rng.random(n) < 1 / 1000] = 50256
+    tokens[0] = 50256
+    return tokens
+
+
+def rows_from_log(lines: list[str], steps: int, skip: int) -> list[tuple[str, str]]:
+    """The table's measured rows, read from a train_gpt.py log."""
+    times = {int(m[1]): int(m[2]) for m in map(TRAIN_LINE.match, lines) if m}
+    warmup = next((f"{float(m[1]):.1f} s" for m in map(WARMUP_LINE.match, lines) if m), "not logged")
+    val = next(float(m[1]) for m in map(VAL_LINE.match, reversed(lines)) if m)
+    memory = next((m for m in map(MEMORY_LINE.match, lines) if m), None)
+    return [
+        ("kernel warmup (compile, autotune; untimed)", warmup),
+        (f"ms per step, steps {skip + 1}-{steps}", f"{(times[steps] - times[skip]) / (steps - skip):.1f}"),
+        (f"step_avg at step {steps} (as logged)", f"{times[steps] / steps:.1f}"),
+        ("peak memory allocated / reserved (MiB)", f"{memory[1]} / {memory[2]}" if memory else "not logged"),
+        ("final val loss (random tokens: only finiteness matters)", f"{val:.4f}"),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs): 1, 2, 4 or 8")
+    parser.add_argument("--steps", type=int, default=20, help="training steps to time")
+    parser.add_argument("--val_steps", type=int, default=1, help="validation steps (of 8 x 262,144 tokens)")
+    parser.add_argument("--skip", type=int, default=3, help="first steps left out of ms per step")
+    parser.add_argument("--out", type=Path, help="also write the table to this file (never overwritten)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("error: bench_train.py times the record configuration and needs a CUDA GPU; none is visible.")
+    if args.steps <= args.skip:
+        sys.exit(f"error: --steps={args.steps} must be larger than --skip={args.skip}.")
+    if args.out and args.out.exists():
+        sys.exit(f"error: {args.out} exists; choose another --out (results are never overwritten).")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        step_tokens, val_step_tokens = 8 * 65_536, 8 * 262_144
+        write_shard(tmp / "val_000000.bin", synthetic_tokens(args.val_steps * val_step_tokens + 2, 0))
+        write_shard(tmp / "train_000001.bin", synthetic_tokens(args.steps * step_tokens + 2, 1))
+        cmd = [sys.executable, str(REPO / "train_gpt.py")]
+        if args.nproc > 1:
+            cmd = ["torchrun", "--standalone", f"--nproc_per_node={args.nproc}", str(REPO / "train_gpt.py")]
+        cmd += [f"--train_files={tmp}/train_*.bin", f"--val_files={tmp}/val_*.bin",
+                f"--val_tokens={args.val_steps * val_step_tokens}", f"--num_iterations={args.steps}",
+                "--val_loss_every=0", f"--records_dir={tmp}/records", "--record=bench"]
+        start = time.perf_counter()
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if out.returncode != 0:
+            sys.exit(f"error: train_gpt.py exited with {out.returncode}:\n{out.stderr[-4000:]}")
+        (log,) = (tmp / "records" / "bench").glob("*.txt")
+        lines = log.read_text().splitlines()
+
+    rows = [
+        ("GPU", f"{args.nproc} x {torch.cuda.get_device_name(0)}"),
+        ("torch / CUDA", f"{torch.__version__} / {torch.version.cuda}"),
+        ("date", datetime.date.today().isoformat()),
+        ("whole process", f"{wall:.1f} s"),
+    ] + rows_from_log(lines, args.steps, args.skip)
+    width = max(len(r[0]) for r in rows)
+    table = "\n".join([f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
+                      + [f"| {k:{width}} | {v} |" for k, v in rows])
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "x") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""train_gpt's shard reader and loader against the record's data rules."""
+import numpy as np
+import pytest
+import torch
+
+import train_gpt as tg
+
+from conftest import synthetic_tokens, write_test_shard
+
+
+def test_load_shard_round_trip(tmp_path):
+    tokens = synthetic_tokens(5000)
+    path = write_test_shard(tmp_path / "a.bin", tokens)
+    assert tg.read_shard_header(path) == 5000
+    loaded = tg.load_shard(path)
+    assert loaded.dtype == torch.uint16 and torch.equal(loaded.long(), torch.from_numpy(tokens.astype(np.int64)))
+
+
+def corrupt(tmp_path, kind):
+    path = write_test_shard(tmp_path / f"{kind}.bin", synthetic_tokens(1000))
+    raw = bytearray(path.read_bytes())
+    if kind == "magic":
+        raw[0:4] = (12345).to_bytes(4, "little")
+    elif kind == "version":
+        raw[4:8] = (7).to_bytes(4, "little")
+    elif kind == "truncated":
+        raw = raw[:-10]
+    elif kind == "trailing":
+        raw += b"\0\0"
+    elif kind == "short":
+        raw = raw[:100]
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("magic", "header magic is 12345, expected 20240520"),
+    ("version", "shard version 7, expected 1"),
+    ("truncated", "header says 1000 tokens (3024 bytes) but the file has 3014 bytes"),
+    ("trailing", "but the file has 3026 bytes"),
+    ("short", "fewer than the 1024-byte header"),
+])
+def test_bad_shards_are_named(tmp_path, kind, needle):
+    path = corrupt(tmp_path, kind)
+    for reader in (tg.read_shard_header, tg.load_shard):
+        with pytest.raises(tg.UserError) as err:
+            reader(path)
+        assert str(path) in str(err.value) and needle in str(err.value)
+    with pytest.raises(tg.UserError, match="cannot read shard"):
+        tg.read_shard_header(tmp_path / "missing.bin")
+
+
+def stream(files, seq_len, seqs, rank, world, steps):
+    it = tg.token_batches(files, seq_len, seqs, rank, world, torch.device("cpu"))
+    return [next(it) for _ in range(steps)]
+
+
+def test_rank_slicing_and_dtypes(tmp_path):
+    tokens = synthetic_tokens(10_000, seed=3)
+    files = [write_test_shard(tmp_path / "s1.bin", tokens)]
+    L, R = 128, 4  # 4 ranks of one 128-token sequence
+    for rank in range(R):
+        for step, batch in enumerate(stream(files, L, R, rank, R, 3)):
+            (inputs, targets), = batch
+            assert inputs.dtype == torch.int32 and targets.dtype == torch.int64
+            start = step * R * L + rank * L  # pos + r * seq_len, pos advancing by R * L
+            assert inputs.tolist() == tokens[start:start + L].tolist()
+            assert targets.tolist() == tokens[start + 1:start + L + 1].tolist()
+
+
+def test_shard_rollover_drops_the_tail(tmp_path):
+    L, R = 100, 2
+    # 450 tokens: steps at pos 0 and 200 (200 + 200 + 1 < 450); pos 400 would need 601 -> next shard
+    a = np.arange(450, dtype=np.uint16)
+    b = np.arange(1000, 1700, dtype=np.uint16)
+    files = [write_test_shard(tmp_path / "a.bin", a), write_test_shard(tmp_path / "b.bin", b)]
+    assert tg.steps_in_shard(450, 200) == 2
+    firsts = [batch[0][0][0].item() for batch in stream(files, L, R, 0, 1, 5)]
+    assert firsts == [0, 200, 1000, 1200, 1400]
+    # pos + step + 1 >= length moves on: 401 tokens give one step only, 402 give two
+    assert tg.steps_in_shard(401, 200) == 1 and tg.steps_in_shard(402, 200) == 2
+    assert tg.steps_in_shard(200, 200) == 0
+    # the record: 190 steps per 100M-token shard, 30 shards for 5590 steps
+    assert tg.steps_in_shard(100_000_000, 524_288) == 190 and -(-5590 // 190) == 30
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_any_world_size_sees_the_same_tokens(tmp_path, world):
+    """Micro-batch j of rank r at world size w is rank r * (8 / w) + j at world size 8."""
+    files = [write_test_shard(tmp_path / f"s{i}.bin", synthetic_tokens(3000, seed=i)) for i in range(3)]
+    L, S, steps = 64, 8, 12  # spans all three shards
+    reference = [stream(files, L, S, r, 8, steps) for r in range(8)]
+    per_rank = S // world
+    for rank in range(world):
+        for step, batch in enumerate(stream(files, L, S, rank, world, steps)):
+            assert len(batch) == per_rank
+            for j, (inputs, targets) in enumerate(batch):
+                (want_in, want_tg), = reference[rank * per_rank + j][step]
+                assert torch.equal(inputs, want_in) and torch.equal(targets, want_tg)
+
+
+def data_args(tmp_path, **kw):
+    args = tg.parse_args(["--preset=tiny", f"--train_files={tmp_path}/train_*.bin",
+                          f"--val_files={tmp_path}/val_*.bin", *(f"--{k}={v}" for k, v in kw.items())])
+    return args
+
+
+def test_check_data_counts_steps(tmp_path):
+    step = 2 * 512
+    for i in range(2):
+        write_test_shard(tmp_path / f"train_{i}.bin", synthetic_tokens(5 * step + 2, seed=i))  # 5 steps each
+    write_test_shard(tmp_path / "val_0.bin", synthetic_tokens(4 * 2 * 1024 + 2))  # 4 val steps
+    tg.check_data(data_args(tmp_path, num_iterations=10), 1)
+    with pytest.raises(tg.UserError) as err:
+        tg.check_data(data_args(tmp_path, num_iterations=11), 1)
+    msg = str(err.value)
+    assert "has 2 shard(s) with tokens for 10 steps" in msg and "11 x 1,024 = 11,264 tokens" in msg
+    with pytest.raises(tg.UserError, match="needs 5"):
+        tg.check_data(data_args(tmp_path, num_iterations=10, val_tokens=5 * 2048), 1)
+
+
+def test_check_data_names_missing_and_bad_files(tmp_path):
+    with pytest.raises(tg.UserError) as err:
+        tg.check_data(tg.parse_args(["--device=cpu", f"--train_files={tmp_path}/none_*.bin"]), 8)
+    assert f"no files match --train_files={tmp_path}/none_*.bin" in str(err.value)
+    assert "python data/cached_fineweb10B.py" not in str(err.value)  # not the fineweb path: generic hint
+    with pytest.raises(tg.UserError) as err:
+        tg.check_data(tg.parse_args(["--device=cpu", "--train_files=data/fineweb10B/nothing_*.bin"]), 8)
+    assert "python data/cached_fineweb10B.py 30" in str(err.value)
+    corrupt(tmp_path, "magic").rename(tmp_path / "train_0.bin")
+    with pytest.raises(tg.UserError, match="train_0.bin is not a token shard"):
+        tg.check_data(data_args(tmp_path), 1)
+
+
+def test_record_shortfall_names_the_download(tmp_path):
+    """Ten fineweb-sized headers are too few for 5590 steps: the message says 30 shards are needed."""
+    folder = tmp_path / "data" / "fineweb10B"
+    folder.mkdir(parents=True)
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = (20240520, 1, 100_000_000)
+    for i in range(1, 11):
+        with open(folder / f"fineweb_train_{i:06d}.bin", "wb") as f:
+            f.write(header.tobytes())
+            f.truncate(1024 + 2 * 100_000_000)  # sparse: the size is right, no disk is used
+    args = tg.parse_args(["--device=cpu", f"--train_files={folder}/fineweb_train_*.bin"])
+    with pytest.raises(tg.UserError) as err:
+        tg.check_data(args, 8)
+    msg = str(err.value)
+    assert "10 shard(s) with tokens for 1900 steps" in msg
+    assert "5590 x 524,288 = 2,930,769,920 tokens" in msg and "python data/cached_fineweb10B.py 30" in msg
