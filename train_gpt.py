@@ -1202,8 +1202,13 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
                        environment_info(rt.device, rt.world_size, muon.ns_impl), asdict(args))
     log.write(f"parameters: {sum(p.numel() for p in model.parameters()):,}", console=True)
 
+    windows: dict[int, Tensor] = {}  # one device tensor per window size: no host-to-device copy per step
+
     def window(step: int) -> Tensor:
-        return torch.tensor(window_blocks(step, args), dtype=torch.int32, device=rt.device)
+        w = window_blocks(step, args)
+        if w not in windows:
+            windows[w] = torch.tensor(w, dtype=torch.int32, device=rt.device)
+        return windows[w]
 
     micro_batches = args.seqs_per_step // rt.world_size
     # Kernel warmup: compile and autotune on random tokens, then restore the initial state (untimed).

@@ -336,18 +336,23 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    docs = read_local_docs(args.input, args.format) if args.input else read_hub_docs(args.hub)
+def write_and_report(write) -> int:
+    """Run a shard-writing callable: report what it wrote (exit 0) or its error in one paragraph (exit 1)."""
     try:
-        written = build(
-            docs, args.output, args.name, args.shard_size, args.val_tokens or args.shard_size, args.workers, args.overwrite
-        )
+        written = write()
     except (DataError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     report(written)
     return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    docs = read_local_docs(args.input, args.format) if args.input else read_hub_docs(args.hub)
+    return write_and_report(lambda: build(
+        docs, args.output, args.name, args.shard_size, args.val_tokens or args.shard_size, args.workers, args.overwrite
+    ))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ import warnings
 from multiprocessing import Pool
 from pathlib import Path
 
-from fineweb import DataError, load_gpt2, positive_int, report, tokenize_docs, write_shards
-from shards import ShardError
+from fineweb import DataError, load_gpt2, positive_int, tokenize_docs, write_and_report, write_shards
 
 NAME = "sample"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / NAME
@@ -136,13 +135,7 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"folder for the shards (default: {DEFAULT_OUTPUT})")
     parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="processes (default: all CPU cores)")
     args = parser.parse_args(argv)
-    try:
-        written = build_sample(args.output, args.workers)
-    except (DataError, ShardError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    report(written)
-    return 0
+    return write_and_report(lambda: build_sample(args.output, args.workers))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 """The hyperparameters, presets and command line: the defaults are the record spec's numbers."""
-import math
 import os
 import subprocess
 import sys
