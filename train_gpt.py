@@ -381,6 +381,27 @@ def newton_schulz_triton(G: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tens
     return X.mT if tall else X
 
 
+# The Triton and torch paths round differently in bf16: their outputs differ by about 2e-2 (relative,
+# Frobenius). Three times that means the kernels are wrong on this GPU, not rounding.
+NS_CHECK_TOLERANCE = 6e-2
+
+
+def check_newton_schulz_triton(device: torch.device, shapes: list[tuple[int, ...]]) -> None:
+    """Before the clock starts, the Triton path must agree with the torch path on the run's matrix
+    shapes: a kernel that miscompiles on this GPU stops the run instead of training on wrong updates.
+    (It also autotunes the kernels for those shapes.)"""
+    gen = torch.Generator(device=device).manual_seed(0)
+    for shape in shapes:
+        G = torch.randn(shape, device=device, generator=gen)
+        got, want = newton_schulz_triton(G).float(), newton_schulz_torch(G).float()
+        rel = ((got - want).norm() / want.norm()).item()
+        if not rel < NS_CHECK_TOLERANCE:
+            raise UserError(
+                f"the Triton Newton-Schulz kernels disagree with the torch path on this GPU: relative "
+                f"difference {rel:.3g} for a matrix of shape {shape}, expected below {NS_CHECK_TOLERANCE}. "
+                f"Run with --ns_impl=torch, and report the GPU, torch and triton versions.")
+
+
 def orthogonalize(G: Tensor, impl: str) -> Tensor:
     """Muon's orthogonalization by the implementation resolve_ns_impl picked."""
     if impl == "triton":
@@ -396,12 +417,15 @@ def resolve_ns_impl(requested: str, on_cuda: bool) -> str:
     if requested == "torch":
         return "torch"
     if requested == "auto":
-        return "triton" if on_cuda and triton is not None else "torch"
+        return "triton" if on_cuda and triton is not None and not TRITON_INTERPRET else "torch"
     if requested != "triton":
         raise ValueError(f"unknown --ns_impl={requested!r}: expected auto, triton or torch")
     if triton is None:
         raise UserError("--ns_impl=triton but triton is not installed: install it (pip install triton) "
                         "or use --ns_impl=torch.")
+    if on_cuda and TRITON_INTERPRET:
+        raise UserError("--ns_impl=triton with TRITON_INTERPRET=1 set: the kernels would run in the CPU "
+                        "interpreter. Unset TRITON_INTERPRET for a GPU run.")
     if not on_cuda and not TRITON_INTERPRET:
         raise UserError("--ns_impl=triton needs a CUDA GPU and this run is on CPU: use --ns_impl=torch "
                         "(or auto, which picks torch on CPU).")
@@ -969,14 +993,17 @@ class RunLog:
         if not enabled:
             return
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         self.txt_path, self.json_path = folder / f"{run_id}.txt", folder / f"{run_id}.json"
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             self.txt = open(self.txt_path, "x", encoding="utf-8")
             open(self.json_path, "x").close()
         except FileExistsError as e:
             raise UserError(f"{e.filename} already exists; run logs are never overwritten. "
                             f"Choose another --record or run id.") from None
+        except OSError as e:
+            raise UserError(f"cannot write the run log in {folder}: {e.strerror}. Choose a writable "
+                            f"--records_dir.") from None
         self._save()
 
     def write(self, line: str, console: bool = False) -> None:
@@ -990,11 +1017,17 @@ class RunLog:
     def set_header(self, source: str, environment: dict, hyperparameters: dict) -> None:
         self.summary.update(environment=environment, hyperparameters=hyperparameters,
                             num_iterations=hyperparameters.get("num_iterations"))
+        # The speedrun's layout first (source, versions, nvidia-smi between two rules), then the rest.
         self.write(source)
         self.write("=" * 100)
+        self.write(f"Running Python {environment.get('python')}")
+        self.write(f"Running PyTorch {environment.get('torch')} compiled for CUDA {environment.get('cuda')}")
+        if environment.get("nvidia-smi"):
+            self.write(environment["nvidia-smi"])
+        self.write("=" * 100)
         for key, value in environment.items():
-            text = str(value)
-            self.write(f"{key}:\n{text}" if "\n" in text else f"{key}: {text}")
+            if key not in ("python", "torch", "cuda", "nvidia-smi"):
+                self.write(f"{key}: {value}")
         self.write("hyperparameters:")
         for key, value in hyperparameters.items():
             self.write(f"  {key} = {value!r}")
@@ -1042,7 +1075,7 @@ def environment_info(device: torch.device, world_size: int, ns_impl: str) -> dic
             return None
 
     info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                host=platform.node(), python=sys.version.split()[0], torch=torch.__version__,
+                host=platform.node(), python=sys.version, torch=torch.__version__,
                 cuda=torch.version.cuda, device=str(device), world_size=world_size, newton_schulz=ns_impl,
                 command=" ".join([sys.executable] + sys.argv))
     try:
@@ -1085,6 +1118,29 @@ class Runtime:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def barrier(self) -> None:
+        """Every rank's work so far is done: the clock starts and stops here."""
+        self.synchronize()
+        if self.world_size > 1:
+            dist.barrier()
+
+    def all_ranks_ok(self, ok: bool) -> bool:
+        if self.world_size == 1:
+            return ok
+        flag = torch.tensor(int(ok), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def to_host(self, t: Tensor) -> tuple[Tensor, Optional["torch.cuda.Event"]]:
+        """A host copy of t that is ready once the returned event is (None: ready now)."""
+        if self.device.type != "cuda":
+            return t, None
+        host = torch.empty_like(t, device="cpu", pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
 
 
 def resolve_runtime(args: Hyperparameters) -> Runtime:
@@ -1174,11 +1230,25 @@ def evaluate(model, args: Hyperparameters, rt: Runtime, window: Tensor) -> float
     return total.item()
 
 
+def open_run_log(args: Hyperparameters, rt: Runtime) -> RunLog:
+    """Rank 0 creates the log files; every rank learns whether that worked, so none waits forever."""
+    run_id = f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+    error = None
+    try:
+        log = RunLog(Path(args.records_dir) / args.record, run_id, enabled=rt.master)
+    except UserError as e:
+        error, log = e, None
+    if not rt.all_ranks_ok(error is None):
+        raise error or UserError("rank 0 could not create the run log (its error is above).")
+    return log
+
+
 def run(args: Hyperparameters, rt: Runtime) -> int:
     check_data(args, rt.world_size)
     if args.seed is None:
         args.seed = secrets.randbits(31)
     torch.manual_seed(args.seed)
+    log = open_run_log(args, rt)
 
     on_cuda = rt.device.type == "cuda"
     model = build_model(args, attention="flex" if on_cuda else "dense").to(rt.device)
@@ -1187,17 +1257,16 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
             dist.broadcast(p.detach(), 0)
     adam, muon, snoo = build_optimizers(model, args, rt.rank, rt.world_size)
     optimizers = [adam, muon]
+    if muon.ns_impl == "triton":
+        check_newton_schulz_triton(rt.device, [tuple(g["params"][0].shape) for g in muon.param_groups])
     compiled = model
     if on_cuda and args.compile:
         import torch._inductor.config as inductor_config
         inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
         compiled = torch.compile(model, dynamic=False)
 
-    run_id = f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
-    log = RunLog(Path(args.records_dir) / args.record, run_id, enabled=rt.master)
     if rt.master:
         print(f"logging to {log.txt_path}", flush=True)
-    if rt.master:
         log.set_header(Path(__file__).read_text(encoding="utf-8"),
                        environment_info(rt.device, rt.world_size, muon.ns_impl), asdict(args))
     log.write(f"parameters: {sum(p.numel() for p in model.parameters()):,}", console=True)
@@ -1225,41 +1294,47 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
         rt.synchronize()
         log.write(f"kernel warmup: {args.warmup_steps} steps in {time.perf_counter() - warmup_start:.1f}s "
                   f"(compile and autotune; not on the clock)", console=True)
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(rt.device)  # the warmup's saved state is not the run's
 
     train_batches = token_batches(shard_files(args.train_files, "train_files", ""), args.train_seq_len,
                                   args.seqs_per_step, rt.rank, rt.world_size, rt.device)
     N = args.num_iterations
     training_time_ms = 0.0
-    pending_loss = None  # the previous step's loss, checked one step late so the GPU never waits for it
+    pending = None  # (step, loss on the host, ready event): read one step late so the GPU never idles
     status = "failed"
     try:
-        rt.synchronize()
+        rt.barrier()
         t0 = time.perf_counter()
         for step in range(N + 1):
             last = step == N
             if last or (args.val_loss_every and step % args.val_loss_every == 0):
-                rt.synchronize()
+                rt.barrier()
                 training_time_ms += 1000 * (time.perf_counter() - t0)
                 val_loss = evaluate(compiled, args, rt, window(step))
                 if not math.isfinite(val_loss):
                     raise Diverged(f"at step {step}: non-finite validation loss {val_loss}")
                 log.log_val(step, N, val_loss, training_time_ms)
-                rt.synchronize()
+                rt.barrier()
                 t0 = time.perf_counter()
             if last:
                 break
             set_schedules(step, args, optimizers)
             loss = train_step(compiled, next(train_batches), window(step), rt, optimizers, snoo)
-            if pending_loss is not None and not math.isfinite(pending_loss[1].item()):
-                raise Diverged(f"at step {pending_loss[0]}: non-finite train loss {pending_loss[1].item()}")
-            pending_loss = (step + 1, loss)
+            if pending is not None:
+                done, host_loss, ready = pending
+                if ready is not None:
+                    ready.synchronize()
+                if not math.isfinite(host_loss.item()):
+                    raise Diverged(f"at step {done}: non-finite train loss {host_loss.item()}")
+            pending = (step + 1, *rt.to_host(loss))
             log.log_train(step + 1, N, training_time_ms + 1000 * (time.perf_counter() - t0))
         if on_cuda:
             log.log_memory(torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20)
         if args.save_checkpoint and rt.master:
             # every rank holds all weights (Muon all-gathers), so rank 0's copy is the model
             with open(log.txt_path.with_suffix(".pt"), "xb") as f:
-                torch.save(dict(model=model.state_dict(), hyperparameters=asdict(args), run_id=run_id), f)
+                torch.save(dict(model=model.state_dict(), hyperparameters=asdict(args), run_id=log.summary["run_id"]), f)
             log.write(f"checkpoint: {log.txt_path.with_suffix('.pt')}", console=True)
         status = "finished"
     except Diverged as e:
@@ -1274,6 +1349,8 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())
         return 0
+    # The record's allocator setting (less fragmentation); an explicit setting in the environment wins.
+    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
     rt = None
     try:
         args = parse_args(argv)

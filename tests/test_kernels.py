@@ -397,3 +397,22 @@ def test_gpu_triton_singular_values_fall_in_the_band():
 
 if __name__ == "__main__":
     print(json.dumps(interpreted_results()))
+
+
+def test_startup_check_stops_a_run_whose_kernels_are_wrong(monkeypatch):
+    shapes = [(32, 64), (64, 32), (2, 32, 32)]
+    monkeypatch.setattr(tg, "newton_schulz_triton", tg.newton_schulz_torch)
+    tg.check_newton_schulz_triton(torch.device("cpu"), shapes)  # agreeing paths pass
+    noisy = lambda G: (tg.newton_schulz_torch(G).float() * (1 + 0.01 * torch.randn(G.shape))).bfloat16()
+    monkeypatch.setattr(tg, "newton_schulz_triton", noisy)
+    tg.check_newton_schulz_triton(torch.device("cpu"), shapes)  # 1% noise: rounding-sized, passes
+    monkeypatch.setattr(tg, "newton_schulz_triton", lambda G: tg.newton_schulz_torch(G).flip(-1))
+    with pytest.raises(tg.UserError, match=r"disagree with the torch path on this GPU: relative difference"):
+        tg.check_newton_schulz_triton(torch.device("cpu"), shapes)
+
+
+def test_interpreter_is_never_used_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(tg, "TRITON_INTERPRET", True)
+    assert tg.resolve_ns_impl("auto", on_cuda=True) == "torch"
+    with pytest.raises(tg.UserError, match="Unset TRITON_INTERPRET for a GPU run"):
+        tg.resolve_ns_impl("triton", on_cuda=True)

@@ -18,7 +18,8 @@ def test_run_log_files(tmp_path):
     log = tg.RunLog(folder, "run1", console=False)
     txt, js = folder / "run1.txt", folder / "run1.json"
     assert json.loads(js.read_text())["status"] == "running"
-    log.set_header("print('source')", {"python": "3.11", "nvidia-smi": "line1\nline2"}, {"num_iterations": 3, "seed": 4})
+    env = {"python": "3.11.7 (main)", "torch": "2.11.0", "cuda": "13.0", "nvidia-smi": "line1\nline2", "world_size": 8}
+    log.set_header("print('source')", env, {"num_iterations": 3, "seed": 4})
     log.log_val(0, 3, 10.8, 0.0)
     # flushed as written: readable before the run ends
     assert txt.read_text().splitlines()[-1] == "step:0/3 val_loss:10.800000 train_time:0ms step_avg:0.00ms"
@@ -28,8 +29,10 @@ def test_run_log_files(tmp_path):
     log.log_memory(1234, 2345)
     log.finish("finished")
     lines = txt.read_text().splitlines()
-    assert lines[0] == "print('source')" and lines[1] == "=" * 100
-    assert "python: 3.11" in lines and "nvidia-smi:" in lines and "line2" in lines
+    # the speedrun's header, then ours
+    assert lines[:7] == ["print('source')", "=" * 100, "Running Python 3.11.7 (main)",
+                         "Running PyTorch 2.11.0 compiled for CUDA 13.0", "line1", "line2", "=" * 100]
+    assert lines[7] == "world_size: 8"
     assert "  num_iterations = 3" in lines and "  seed = 4" in lines
     assert lines[-6:] == [
         "step:0/3 val_loss:10.800000 train_time:0ms step_avg:0.00ms",
@@ -63,3 +66,10 @@ def test_disabled_log_writes_nothing(tmp_path):
     log.log_val(1, 1, 3.0, 1.0)
     log.finish("finished")
     assert not (tmp_path / "x").exists()
+
+
+def test_unwritable_records_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(tg.UserError, match=f"cannot write the run log in {blocker}/rec: .* writable --records_dir"):
+        tg.RunLog(blocker / "rec", "r", console=False)

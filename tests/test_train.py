@@ -54,7 +54,10 @@ def test_tiny_run_end_to_end(tiny_run):
     text = txt.read_text()
     source, _, rest = text.partition("\n" + "=" * 100 + "\n")
     assert source == (REPO / "train_gpt.py").read_text()  # the log starts with the script itself
-    assert "python: " in rest and "torch: " in rest and "world_size: 1" in rest and "newton_schulz: torch" in rest
+    header = rest.splitlines()
+    assert header[0].startswith("Running Python 3.") and header[1].startswith("Running PyTorch 2.")
+    assert header[2] == "=" * 100  # no nvidia-smi on CPU
+    assert "world_size: 1" in rest and "newton_schulz: torch" in rest and "PYTORCH_ALLOC_CONF" in rest
     assert "  num_iterations = 16" in rest and f"  seed = {summary['hyperparameters']['seed']}" in rest
     assert "parameters: 54,549,472" in rest
     lines = rest.splitlines()
