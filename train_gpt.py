@@ -452,27 +452,28 @@ def store_master_weight(master: Tensor, p: Tensor, mantissa: Tensor) -> None:
     mantissa.view(torch.int16).copy_(bits.to(torch.int16))
 
 
-def muon_update(p: Tensor, grad: Tensor, state: dict, momentum: float, lr: float, weight_decay: float,
-                smoothing: float, impl: str) -> None:
-    """One Muon step of one parameter (Nesterov momentum, Newton-Schulz, update smoothing, decoupled wd)."""
+def muon_nesterov(buf: Tensor, grad: Tensor, momentum: Tensor) -> Tensor:
+    """Update the fp32 momentum buffer m = mu m + (1 - mu) g; return the Nesterov form mu m + (1 - mu) g
+    that Newton-Schulz orthogonalizes. Scalars are 0-dim tensors so a compiled version never recompiles."""
     g = grad.float()
-    buf = state["momentum_buffer"]
-    buf.mul_(momentum).add_(g, alpha=1 - momentum)
-    update = orthogonalize(momentum * buf + (1 - momentum) * g, impl)  # Nesterov form
-    if smoothing > 0:
+    buf.mul_(momentum).add_((1 - momentum) * g)
+    return momentum * buf + (1 - momentum) * g
+
+
+def muon_apply(p: Tensor, update: Tensor, mantissa: Optional[Tensor], smoothed: Optional[Tensor],
+               smoothing: float, step_size: Tensor, decay: Tensor) -> None:
+    """p <- p (1 - decay) - step_size * s, where s is the update or, with smoothing, its EMA."""
+    if smoothed is not None:
         # update smoothing, an EMA of Muon's updates kept in bf16: record 13, medium track
-        smoothed = state["smoothed_update"]
         smoothed.copy_(smoothing * smoothed.float() + (1 - smoothing) * update.float())
         update = smoothed
-    wd_mul = getattr(p, "wd_mul", 1.0)
-    lr_scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
-    if p.dtype == torch.bfloat16:
+    if mantissa is not None:
         # fp32 master weights as bf16 parameter + uint16 lower half: the medium track's Muon
-        master = master_weight(p, state["mantissa"])
-        master.mul_(1 - lr * weight_decay * wd_mul).add_(update.float(), alpha=-lr * lr_scale)
-        store_master_weight(master, p, state["mantissa"])
+        master = master_weight(p, mantissa)
+        master.mul_(1 - decay).add_(update.float() * -step_size)
+        store_master_weight(master, p, mantissa)
     else:
-        p.mul_(1 - lr * weight_decay * wd_mul).add_(update.to(p.dtype), alpha=-lr * lr_scale)
+        p.mul_(1 - decay).add_(update.to(p.dtype) * -step_size)
 
 
 class Muon(torch.optim.Optimizer):
@@ -482,7 +483,7 @@ class Muon(torch.optim.Optimizer):
     updates member r of each group, then the group is all-gathered so every rank holds every matrix."""
 
     def __init__(self, params, lr: float, weight_decay: float, momentum: float, update_smoothing: float,
-                 ns_impl: str = "torch", rank: int = 0, world_size: int = 1):
+                 ns_impl: str = "torch", rank: int = 0, world_size: int = 1, compiled: bool = False):
         params = list(params)
         if any(p.ndim < 2 for p in params):
             raise ValueError("Muon only takes matrices (or batches of matrices)")
@@ -494,6 +495,9 @@ class Muon(torch.optim.Optimizer):
         self.ns_impl = ns_impl
         self.rank = rank
         self.world_size = world_size
+        # The elementwise work around Newton-Schulz, fused by the compiler as in the record (CUDA runs).
+        self._nesterov = torch.compile(muon_nesterov, dynamic=False) if compiled else muon_nesterov
+        self._apply = torch.compile(muon_apply, dynamic=False) if compiled else muon_apply
 
     def load_state_dict(self, state_dict: dict) -> None:
         # torch casts floating state to the parameter's dtype, which would round the fp32 momentum to
@@ -514,6 +518,17 @@ class Muon(torch.optim.Optimizer):
                 state["smoothed_update"] = torch.zeros_like(p, dtype=torch.bfloat16)
         return state
 
+    def _update(self, p: Tensor, group: dict) -> None:
+        """One Muon step of one parameter: Nesterov momentum, Newton-Schulz, smoothing, decoupled decay."""
+        state = self._init_state(p, group)
+        lr = group["lr"]
+        step_size = lr * max(1.0, p.size(-2) / p.size(-1)) ** 0.5
+        decay = lr * group["weight_decay"] * getattr(p, "wd_mul", 1.0)
+        nesterov = self._nesterov(state["momentum_buffer"], p.grad, torch.tensor(group["momentum"]))
+        update = orthogonalize(nesterov, self.ns_impl)
+        self._apply(p, update, state.get("mantissa"), state.get("smoothed_update"), group["update_smoothing"],
+                    torch.tensor(step_size), torch.tensor(decay))
+
     @torch.no_grad()
     def step(self):
         gathers = []
@@ -521,9 +536,7 @@ class Muon(torch.optim.Optimizer):
             params = group["params"]
             for base in range(0, len(params), self.world_size):
                 if base + self.rank < len(params):
-                    p = params[base + self.rank]
-                    muon_update(p, p.grad, self._init_state(p, group), group["momentum"], group["lr"],
-                                group["weight_decay"], group["update_smoothing"], self.ns_impl)
+                    self._update(params[base + self.rank], group)
                 if self.world_size > 1:
                     members = params[base:base + self.world_size]
                     members = members + [torch.empty_like(members[-1])] * (self.world_size - len(members))
@@ -835,7 +848,8 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_siz
         fused=on_cuda or None)
     ns_impl = resolve_ns_impl(args.ns_impl, on_cuda)
     muon = Muon(matrices, lr=args.muon_lr, weight_decay=args.muon_weight_decay, momentum=args.muon_momentum,
-                update_smoothing=args.update_smoothing, ns_impl=ns_impl, rank=rank, world_size=world_size)
+                update_smoothing=args.update_smoothing, ns_impl=ns_impl, rank=rank, world_size=world_size,
+                compiled=on_cuda and args.compile)
     for opt in (adam, muon):
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
