@@ -55,6 +55,7 @@ EOT_TOKEN = 50256  # <|endoftext|>: starts every document
 ATTN_BLOCK_SIZE = 128  # FlexAttention's block; windows and documents are handled per 128-token block
 VOCAB_MULTIPLE = 128  # the lm head's rows are rounded up to this for fast matmuls
 ATTN_SCALE = 0.12  # replaces 1/sqrt(head_dim) (@leloykun)
+INIT_GAIN = 0.5  # block matrices: uniform with std INIT_GAIN / sqrt(fan_in)
 LOGIT_SOFTCAP = 15.0
 ROPE_MIN_FREQ = 1 / 1024  # half-truncated RoPE frequencies span 1 .. 1/1024 (@YouJiacheng)
 EVAL_LOGIT_CHUNKS = 4  # eval computes the lm head in chunks to bound the logits' memory
@@ -777,7 +778,7 @@ class GPT(nn.Module):
     def reset_parameters(self) -> None:
         for block in self.blocks:
             for w in ([block.attn.qkvo_w] if block.attn else []) + [block.mlp.fc_w]:
-                bound = math.sqrt(3) * 0.5 / math.sqrt(w.size(-1))  # uniform with std 0.5 / sqrt(fan_in)
+                bound = math.sqrt(3) * INIT_GAIN / math.sqrt(w.size(-1))  # a uniform's std is bound / sqrt(3)
                 w.uniform_(-bound, bound)
             if block.attn is not None:
                 block.attn.qkvo_w[3].zero_()

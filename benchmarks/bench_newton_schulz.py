@@ -98,8 +98,14 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script runs)")
     parser.add_argument("--warmup", type=int, help="untimed passes (default 10; smoke 1)")
     parser.add_argument("--repeat", type=int, help="timed passes, median kept (default 50; smoke 2)")
-    parser.add_argument("--out", type=Path, help="also write the report to this file")
+    parser.add_argument("--out", type=Path, help="also write the report to this file (never overwritten)")
     args = parser.parse_args()
+    if args.out and args.out.exists():
+        sys.exit(f"bench_newton_schulz: {args.out} exists; choose another --out (results are never overwritten).")
+    if args.warmup is not None and args.warmup < 0:
+        sys.exit("bench_newton_schulz: --warmup must be 0 or more.")
+    if args.repeat is not None and args.repeat < 1:
+        sys.exit("bench_newton_schulz: --repeat must be at least 1 (the median of no passes is undefined).")
 
     if args.smoke:
         device, dtype, matrices, ceiling_n = torch.device("cpu"), torch.float32, SMOKE_MATRICES, 256
@@ -157,7 +163,9 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.out:
-        args.out.write_text(report + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "x") as f:
+            f.write(report + "\n")
 
 
 if __name__ == "__main__":

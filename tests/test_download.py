@@ -106,7 +106,13 @@ def gets(server):
 
 
 def test_defaults_match_the_record():
-    assert dl.STEPS_PER_SHARD == 190
+    import train_gpt as tg
+
+    args = tg.Hyperparameters()
+    assert (dl.RECORD_STEPS, dl.TOKENS_PER_STEP) == (args.num_iterations, args.seqs_per_step * args.train_seq_len)
+    assert dl.SHARD_TOKENS == tg.FINEWEB_SHARD_TOKENS
+    # the loader's own count of steps per shard agrees
+    assert dl.STEPS_PER_SHARD == tg.steps_in_shard(dl.SHARD_TOKENS, dl.TOKENS_PER_STEP) == 190
     assert dl.DEFAULT_TRAIN_SHARDS == 30
     assert dl.wanted_files(2) == [VAL, train(1), train(2)]
     assert dl.DEFAULT_DIR == REPO / "data" / "fineweb10B"

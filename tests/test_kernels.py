@@ -395,10 +395,6 @@ def test_gpu_triton_singular_values_fall_in_the_band():
     assert BAND[0] - BF16_BAND_MARGIN <= s.min().item() and s.max().item() <= BAND[1] + BF16_BAND_MARGIN
 
 
-if __name__ == "__main__":
-    print(json.dumps(interpreted_results()))
-
-
 def test_startup_check_stops_a_run_whose_kernels_are_wrong(monkeypatch):
     shapes = [(32, 64), (64, 32), (2, 32, 32)]
     monkeypatch.setattr(tg, "newton_schulz_triton", tg.newton_schulz_torch)
@@ -416,3 +412,7 @@ def test_interpreter_is_never_used_on_a_gpu(monkeypatch):
     assert tg.resolve_ns_impl("auto", on_cuda=True) == "torch"
     with pytest.raises(tg.UserError, match="Unset TRITON_INTERPRET for a GPU run"):
         tg.resolve_ns_impl("triton", on_cuda=True)
+
+
+if __name__ == "__main__":
+    print(json.dumps(interpreted_results()))

@@ -20,7 +20,6 @@ def test_full_model_on_meta_has_the_record_parameters():
         model = tg.build_model(tg.Hyperparameters(), attention="flex")
     params = dict(model.named_parameters())
     assert sum(p.numel() for p in params.values()) == 608_885_856
-    assert 608_885_856 == 7 * 50257 * 1024 + 50304 * 1024 + 15 * 4 * 1024**2 + 16 * 2 * 4096 * 1024 + 96
     for name in ["embed1.weight", "embed2.weight"] + [f"value_embeds.{i}.weight" for i in range(5)]:
         assert params[name].shape == (50257, 1024) and params[name].dtype == torch.bfloat16, name
     assert params["lm_head_w"].shape == (50304, 1024) and params["lm_head_w"].dtype == torch.float32
@@ -70,15 +69,13 @@ def test_value_embedding_layout():
 
 def test_rotary_matches_the_spec():
     rot = tg.Rotary(head_dim=8, max_seq_len=16)
-    freqs = torch.tensor([1.0, (1 / 1024) ** 0.5, 1 / 1024, 0, 0, 0, 0, 0])[:4]
     x = torch.randn(1, 16, 2, 8, dtype=torch.bfloat16)
     t = torch.arange(16.0)[:, None]
-    ang = t * torch.cat([freqs[:2].new_tensor([1.0, 1 / 1024]), torch.zeros(2)])  # head_dim/4 = 2 freqs
+    ang = t * torch.tensor([1.0, 1 / 1024, 0.0, 0.0])  # head_dim/4 = 2 frequencies from 1 to 1/1024, 2 zeros
     cos, sin = ang.cos()[None, :, None], ang.sin()[None, :, None]
     x1, x2 = x.float().chunk(2, -1)
     want = torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], -1).bfloat16()
     assert torch.equal(rot(x), want)
-    assert freqs is not None
 
 
 def brute_force_mask(ids: torch.Tensor, W: int) -> torch.Tensor:
