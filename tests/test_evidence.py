@@ -270,6 +270,7 @@ def test_tiny_p_values_keep_their_magnitude(tmp_path, capsys):
     for i, loss in enumerate(losses):
         public_log(tmp_path / f"r{i}.txt", loss, 1_000_000)
     code, out, _ = run_cli([tmp_path], capsys)
+    assert code == 0
     p = p_below(losses, TARGET)
     assert p < 1e-6
     assert f"val_loss t-test p={p:.2e} (small means <2.92)" in out
@@ -302,6 +303,7 @@ def test_runs_without_variation_give_no_garbage(tmp_path, capsys):
     assert out.count("p=undefined (no variation)") == 4  # submission, baseline, both differences
     assert "with P(p < 0.01) >= 90%: more than 80 runs" in out
     code, out, _ = run_cli([tmp_path, "--json"], capsys)
+    assert code == 0
 
     def no_nan(name):
         raise AssertionError(f"{name} in the JSON output")
@@ -461,7 +463,9 @@ def test_user_errors_are_one_paragraph_without_traceback(tmp_path):
     bad_option = cli(tmp_path, "--bootstrap", "0")
     assert bad_option.returncode == 2 and "Traceback" not in bad_option.stderr
     assert "--bootstrap: expected a positive whole number, got '0'" in bad_option.stderr
-    assert "Traceback" not in cli(tmp_path, "--sample-size", "1").stderr
+    small = cli(tmp_path, "--sample-size", "1")
+    assert small.returncode == 2 and "Traceback" not in small.stderr
+    assert "--sample-size: a t-test needs samples of at least 2 runs" in small.stderr
 
 
 # --------------------------------------------------------------------------------------- baseline
