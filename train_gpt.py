@@ -59,6 +59,7 @@ INIT_GAIN = 0.5  # block matrices: uniform with std INIT_GAIN / sqrt(fan_in)
 LOGIT_SOFTCAP = 15.0
 ROPE_MIN_FREQ = 1 / 1024  # half-truncated RoPE frequencies span 1 .. 1/1024 (@YouJiacheng)
 EVAL_LOGIT_CHUNKS = 4  # eval computes the lm head in chunks to bound the logits' memory
+LOG_RULE = "=" * 100  # separates the log's source from its environment (the speedrun's layout)
 
 # The layer structure of the 16-layer record.
 RECORD_NUM_LAYERS = 16
@@ -921,7 +922,7 @@ def shard_files(pattern: str, option: str, hint: str) -> list[Path]:
 
 def data_hint(pattern: str, shards: int) -> str:
     if "fineweb10B" in pattern:
-        return f"Download them with `python data/cached_fineweb10B.py {shards}` (100M tokens per train shard)."
+        return f"Download them with `python data/cached_fineweb10B.py {shards}` ({FINEWEB_SHARD_TOKENS:,} tokens per train shard)."
     if "data/sample" in pattern:
         return "Build the offline sample dataset with `python data/sample.py`."
     return "Make more shards with `python data/fineweb.py` or point the option at other files."
@@ -1034,12 +1035,12 @@ class RunLog:
                             num_iterations=hyperparameters.get("num_iterations"))
         # The speedrun's layout first (source, versions, nvidia-smi between two rules), then the rest.
         self.write(source)
-        self.write("=" * 100)
+        self.write(LOG_RULE)
         self.write(f"Running Python {environment.get('python')}")
         self.write(f"Running PyTorch {environment.get('torch')} compiled for CUDA {environment.get('cuda')}")
         if environment.get("nvidia-smi"):
             self.write(environment["nvidia-smi"])
-        self.write("=" * 100)
+        self.write(LOG_RULE)
         for key, value in environment.items():
             if key not in ("python", "torch", "cuda", "nvidia-smi"):
                 self.write(f"{key}: {value}")

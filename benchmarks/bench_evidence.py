@@ -20,10 +20,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import train_gpt as tg  # noqa: E402
 from records import evidence  # noqa: E402
 
-STEPS = 5590
-VAL_EVERY = 125
+RECORD = tg.Hyperparameters()
+STEPS, VAL_EVERY = RECORD.num_iterations, RECORD.val_loss_every
+TARGET, SAMPLES, SIZE = evidence.DEFAULT_TARGET, evidence.DEFAULT_BOOTSTRAP, evidence.DEFAULT_SAMPLE_SIZE
 
 
 def write_log(path: Path, source: str, final_loss: float, ms_per_step: float, rng: np.random.Generator) -> None:
@@ -32,13 +34,10 @@ def write_log(path: Path, source: str, final_loss: float, ms_per_step: float, rn
     for step in range(STEPS + 1):
         if step % VAL_EVERY == 0 or step == STEPS:
             loss = final_loss + 8.0 * (1 - step / STEPS) ** 3
-            lines.append(
-                f"step:{step}/{STEPS} val_loss:{loss:.6f} train_time:{elapsed:.0f}ms "
-                f"step_avg:{elapsed / max(step, 1):.2f}ms"
-            )
+            lines.append(tg.format_val_line(step, STEPS, loss, elapsed))
         if step < STEPS:
             elapsed += ms_per_step * (1 + 0.01 * rng.standard_normal())
-            lines.append(f"step:{step + 1}/{STEPS} train_time:{elapsed:.0f}ms step_avg:{elapsed / (step + 1):.2f}ms")
+            lines.append(tg.format_train_line(step + 1, STEPS, elapsed))
     lines.append("peak memory allocated: 50000 MiB reserved: 60000 MiB")
     path.write_text("\n".join(lines) + "\n")
 
@@ -73,23 +72,23 @@ def main() -> None:
         t_load, loaded = best(lambda: evidence.load([str(folder)]), args.repeat)
         assert len(loaded.runs) == args.runs, "every generated log must parse"
         loss = np.array([r.final_val_loss for r in loaded.runs])
-        t_boot, _ = best(lambda: evidence.bootstrap_pvalues(loss, 2.92, 40, 1000, 0), args.repeat)
-        t_power, _ = best(lambda: evidence.power_table(loss, 2.92, 1000, 0), args.repeat)
-        t_all, _ = best(lambda: evidence.analyse(loaded, 2.92, 1000, 40, 0), args.repeat)
+        t_boot, _ = best(lambda: evidence.bootstrap_pvalues(loss, TARGET, SIZE, SAMPLES, 0), args.repeat)
+        t_power, _ = best(lambda: evidence.power_table(loss, TARGET, SAMPLES, 0), args.repeat)
+        t_all, _ = best(lambda: evidence.analyse(loaded, TARGET, SAMPLES, SIZE, 0), args.repeat)
         cmd = [sys.executable, str(REPO / "records" / "evidence.py"), str(folder)]
         t_cli, _ = best(lambda: subprocess.run(cmd, check=True, capture_output=True), args.repeat)
         outputs = ["--markdown", str(folder / "README.md"), "--plot", str(folder / "evidence.png"), "--force"]
         t_full, _ = best(lambda: subprocess.run(cmd + outputs, check=True, capture_output=True), args.repeat)
 
     print(
-        f"{args.runs} logs x {lines} lines ({size:.0f} MiB), 1000 bootstrap samples of 40; best of {args.repeat}; "
+        f"{args.runs} logs x {lines} lines ({size:.0f} MiB), {SAMPLES} bootstrap samples of {SIZE}; best of {args.repeat}; "
         f"{os.cpu_count()} CPUs visible, affinity {len(os.sched_getaffinity(0))}"
     )
     print(f"{'stage':<44}{'seconds':>8}")
     for name, t in [
         (f"read {args.runs} logs", t_load),
-        ("bootstrap, 1000 x 40 runs", t_boot),
-        (f"power table, {len(evidence.POWER_GRID)} sizes x 1000 samples", t_power),
+        (f"bootstrap, {SAMPLES} x {SIZE} runs", t_boot),
+        (f"power table, {len(evidence.POWER_GRID)} sizes x {SAMPLES} samples", t_power),
         ("all statistics (analyse)", t_all),
         ("whole command (new process, imports)", t_cli),
         ("whole command with --markdown and --plot", t_full),

@@ -305,18 +305,22 @@ def report(written):
     print(f"wrote {len(written)} shards, {total:,} tokens ({written[0][1]:,} val, {total - written[0][1]:,} train)")
 
 
-def token_count(text):
-    value = int(text)
-    if not 1 <= value <= MAX_SHARD_TOKENS:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_SHARD_TOKENS} tokens, got {value}")
-    return value
+def whole_number(least, most=None):
+    """An argparse type: a whole number in [least, most], with a message that says so."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least or (most is not None and value > most):
+            bounds = f"between {least} and {most}" if most is not None else f"at least {least}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+token_count = whole_number(1, MAX_SHARD_TOKENS)
+positive_int = whole_number(1)
 
 
 def parse_args(argv):

@@ -33,6 +33,11 @@ from scipy import stats
 DEFAULT_TARGET = 2.92
 ALPHA = 0.01  # the acceptance threshold on the p-value
 CONFIDENCE = 0.99
+ALPHA_TEXT, CONFIDENCE_TEXT = f"{ALPHA:g}", f"{CONFIDENCE:.0%}"  # "0.01", "99%" in the output
+# The record's own pass-probability estimate: 1000 bootstrap samples of 40 runs.
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_SAMPLE_SIZE = 40
+MS_PER_MINUTE = 60_000
 # Power planning estimates the pass probability on this grid of batch sizes; the text table shows
 # POWER_SHOWN, the search for the smallest sufficient batch uses the whole grid.
 POWER_GRID = tuple(range(5, 81, 5))
@@ -337,7 +342,7 @@ def _arrays(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     loss = np.array([r.final_val_loss for r in runs])
     ms = np.array([r.train_time_ms for r in runs])
     steps = np.array([r.num_iterations for r in runs])
-    return loss, ms / 60_000.0, ms / steps
+    return loss, ms / MS_PER_MINUTE, ms / steps
 
 
 def _steps(runs: list[Run]) -> int | list[int]:
@@ -430,7 +435,7 @@ def _runs(n: int) -> str:
 
 
 def _too_few(n: int) -> str:
-    return f"(std, 99% intervals and t-tests need at least 2 runs; there {'is' if n == 1 else 'are'} {n})"
+    return f"(std, {CONFIDENCE_TEXT} intervals and t-tests need at least 2 runs; there {'is' if n == 1 else 'are'} {n})"
 
 
 def render_text(report: dict) -> str:
@@ -445,19 +450,19 @@ def render_text(report: dict) -> str:
         lo, hi = v["ci99"]
         lines += [
             f"std:  \t{v['std']:.6f}",
-            f"val loss 99% confidence interval: ({lo:.6f} - {hi:.6f})",
+            f"val loss {CONFIDENCE_TEXT} confidence interval: ({lo:.6f} - {hi:.6f})",
             f"val_loss t-test p={_p(v['pvalue'])} (small means <{report['target']:g})",
             "",
             f"--- Bootstrap p-value analysis ({b['samples']} samples of size {b['size']} each) ---",
             f"Mean p-value: {b['mean_p']:.6f}",
             f"Max p-value: {b['max_p']:.6f}",
             f"Variance of p-values: {b['var_p']:.6f}",
-            f"Percentage of p-values below 0.01: {100 * b['frac_below_0_01']:.2f}%",
+            f"Percentage of p-values below {ALPHA_TEXT}: {100 * b['frac_below_0_01']:.2f}%",
             "",
             "--- Training Time Stats ---",
             f"train time (minutes): mean={t['mean']:.4f}, std={t['std']:.4f}",
-            "train time 99% confidence interval: ({:.4f} - {:.4f})".format(*t["ci99"]),
-            "avg ms per iteration: {:.4f}. 99% confidence interval: ({:.4f} - {:.4f})".format(s["mean"], *s["ci99"]),
+            "train time {} confidence interval: ({:.4f} - {:.4f})".format(CONFIDENCE_TEXT, *t["ci99"]),
+            _ms_line(s),
         ]
         lines += _render_power(report["power"], n)
     else:
@@ -473,18 +478,23 @@ def render_text(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ms_line(s: dict) -> str:
+    return "avg ms per iteration: {:.4f}. {} confidence interval: ({:.4f} - {:.4f})".format(
+        s["mean"], CONFIDENCE_TEXT, *s["ci99"])
+
+
 def _render_power(power: dict, n: int) -> list[str]:
     table = {row["n"]: row["frac_below_0_01"] for row in power["table"]}
     lines = [
         "",
         f"--- Power planning (bootstrap from the {n} observed runs, {power['samples']} samples per size) ---",
-        "runs  P(p < 0.01)",
+        f"runs  P(p < {ALPHA_TEXT})",
     ]
     lines += [f"{k:>4}  {100 * table[k]:>10.2f}%" for k in POWER_SHOWN]
     found = f"{power['min_n_90']} runs" if power["min_n_90"] is not None else f"more than {POWER_GRID[-1]} runs"
     lines.append(
         f"smallest n (multiple of {POWER_GRID[0]}, up to {POWER_GRID[-1]}) "
-        f"with P(p < 0.01) >= {POWER_GOAL:.0%}: {found}"
+        f"with P(p < {ALPHA_TEXT}) >= {POWER_GOAL:.0%}: {found}"
     )
     return lines
 
@@ -495,14 +505,14 @@ def _render_baseline(report: dict) -> list[str]:
     lines = ["", f"--- Baseline: {_runs(base['n'])} ({base['skipped']} skipped) ---"]
     if base["n"] > 1:
         lines += [
-            "val loss: mean={:.6f}, std={:.6f}, 99% confidence interval: ({:.6f} - {:.6f})".format(
-                v["mean"], v["std"], *v["ci99"]
+            "val loss: mean={:.6f}, std={:.6f}, {} confidence interval: ({:.6f} - {:.6f})".format(
+                v["mean"], v["std"], CONFIDENCE_TEXT, *v["ci99"]
             ),
             f"val_loss t-test p={_p(v['pvalue'])} (small means <{report['target']:g})",
-            "train time (minutes): mean={:.4f}, std={:.4f}, 99% confidence interval: ({:.4f} - {:.4f})".format(
-                t["mean"], t["std"], *t["ci99"]
+            "train time (minutes): mean={:.4f}, std={:.4f}, {} confidence interval: ({:.4f} - {:.4f})".format(
+                t["mean"], t["std"], CONFIDENCE_TEXT, *t["ci99"]
             ),
-            "avg ms per iteration: {:.4f}. 99% confidence interval: ({:.4f} - {:.4f})".format(s["mean"], *s["ci99"]),
+            _ms_line(s),
         ]
     else:
         lines += [
@@ -520,7 +530,8 @@ def _render_baseline(report: dict) -> list[str]:
         ("train time difference (minutes)", comp["train_time_min"], "+.4f"),
     ]:
         lo, hi = (_num(x, spec) for x in c["ci99"])
-        lines.append(f"{label}: {c['diff']:{spec}}, 99% confidence interval: {lo} to {hi}, p={_p(c['pvalue'])}")
+        lines.append(f"{label}: {c['diff']:{spec}}, {CONFIDENCE_TEXT} confidence interval: {lo} to {hi}, "
+                     f"p={_p(c['pvalue'])}")
     return lines
 
 
@@ -536,17 +547,17 @@ def render_markdown(report: dict, markdown_path: Path, plot_path: Path | None, c
     folder = markdown_path.parent
     v, t, s, n = report["val_loss"], report["train_time_min"], report["ms_per_step"], report["n"]
     power = {row["n"]: row["frac_below_0_01"] for row in report["power"]["table"]} if report["power"] else {}
-    pass40 = f"{100 * power[40]:.1f}%" if 40 in power else "n/a"
+    passing = f"{100 * power[DEFAULT_SAMPLE_SIZE]:.1f}%" if DEFAULT_SAMPLE_SIZE in power else "n/a"
     p = _p(v["pvalue"]) if v["pvalue"] is not None else "n/a"
     lines = [
         "## Evidence",
         "",
         f"Made with `{command}`.",
         "",
-        f"| runs | mean val loss | p (mean < {report['target']:g}) | P(p < 0.01) at 40 runs "
+        f"| runs | mean val loss | p (mean < {report['target']:g}) | P(p < {ALPHA_TEXT}) at {DEFAULT_SAMPLE_SIZE} runs "
         "| mean time (min) | ms/step |",
         "|---:|---:|---:|---:|---:|---:|",
-        f"| {n} ({report['skipped']} skipped) | {v['mean']:.6f} | {p} | {pass40} "
+        f"| {n} ({report['skipped']} skipped) | {v['mean']:.6f} | {p} | {passing} "
         f"| {t['mean']:.4f} | {s['mean']:.2f} |",
         "",
     ]
@@ -563,7 +574,7 @@ def _md_runs(title: str, described: dict, folder: Path) -> list[str]:
     lines = [f"### {title}", "", "| file | final val loss | train time (min) |", "|---|---:|---:|"]
     for r in described["runs"]:
         rel = _md(_rel(r["file"], folder))
-        lines.append(f"| [{rel}]({rel}) | {r['final_val_loss']:.6f} | {r['train_time_ms'] / 60_000:.4f} |")
+        lines.append(f"| [{rel}]({rel}) | {r['final_val_loss']:.6f} | {r['train_time_ms'] / MS_PER_MINUTE:.4f} |")
     lines.append("")
     if described["skipped_files"]:
         lines += [f"Skipped ({len(described['skipped_files'])}):", ""]
@@ -590,9 +601,9 @@ def plot(path: Path, report: dict, runs: list[Run], pvalues: np.ndarray, baselin
     for group, style in sets:
         for r in group:
             marker = "." if len(r.curve) == 1 else None
-            curves.plot(r.curve[:, 0] / 60_000, r.curve[:, 1], marker=marker, **style)
+            curves.plot(r.curve[:, 0] / MS_PER_MINUTE, r.curve[:, 1], marker=marker, **style)
             late = r.curve[r.curve[:, 1] <= target + ZOOM_ABOVE_TARGET]
-            zoom.plot(late[:, 0] / 60_000, late[:, 1], marker=marker, **style)
+            zoom.plot(late[:, 0] / MS_PER_MINUTE, late[:, 1], marker=marker, **style)
     for ax in (curves, zoom):
         ax.axhline(target, color="C3", ls="--", lw=1, label=f"target {target:g}")
     zoom.set_title(f"val loss below {target + ZOOM_ABOVE_TARGET:g}", fontsize="small")
@@ -609,7 +620,7 @@ def plot(path: Path, report: dict, runs: list[Run], pvalues: np.ndarray, baselin
     bins = np.histogram_bin_edges(np.concatenate([loss, base_loss, [target]]), bins="auto")
     if report["val_loss"]["ci99"] is not None:
         lo, hi = report["val_loss"]["ci99"]
-        finals.axvspan(lo, hi, color="C1", alpha=0.25, zorder=0, label="99% interval of the mean")
+        finals.axvspan(lo, hi, color="C1", alpha=0.25, zorder=0, label=f"{CONFIDENCE_TEXT} interval of the mean")
     if len(base_loss):
         finals.hist(base_loss, bins=bins, color="0.6", alpha=0.6, label="baseline")
     finals.hist(loss, bins=bins, color="C0", alpha=0.7, label="runs")
@@ -623,11 +634,11 @@ def plot(path: Path, report: dict, runs: list[Run], pvalues: np.ndarray, baselin
         bins = np.logspace(np.log10(clipped.min()), 0, 40)
         boot.hist(clipped, bins=bins, color="C2")
         boot.set_xscale("log")
-        boot.axvline(ALPHA, color="C3", ls="--", lw=1.5, label="p = 0.01")
+        boot.axvline(ALPHA, color="C3", ls="--", lw=1.5, label=f"p = {ALPHA_TEXT}")
         b = report["bootstrap"]
         boot.set_title(
             f"Bootstrap p-values ({b['samples']} samples of {b['size']} runs): "
-            f"{100 * b['frac_below_0_01']:.1f}% < 0.01"
+            f"{100 * b['frac_below_0_01']:.1f}% < {ALPHA_TEXT}"
         )
         boot.legend()
     else:
@@ -691,10 +702,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--target", type=_finite, default=DEFAULT_TARGET, help="val loss to beat (default %(default)s)"
     )
     parser.add_argument(
-        "--bootstrap", type=_positive_int, default=1000, help="bootstrap samples (default %(default)s)"
+        "--bootstrap", type=_positive_int, default=DEFAULT_BOOTSTRAP, help="bootstrap samples (default %(default)s)"
     )
     parser.add_argument(
-        "--sample-size", type=_sample_size, default=40, help="runs per bootstrap sample (default %(default)s)"
+        "--sample-size", type=_sample_size, default=DEFAULT_SAMPLE_SIZE, help="runs per bootstrap sample (default %(default)s)"
     )
     parser.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap (default %(default)s)")
     parser.add_argument(
