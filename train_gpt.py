@@ -803,7 +803,8 @@ class GPT(nn.Module):
         mask_mod = document_causal_mod((ids == EOT_TOKEN).cumsum(0))
         return tuple(BlockMask.from_kv_blocks(*s, BLOCK_SIZE=ATTN_BLOCK_SIZE, mask_mod=mask_mod) for s in selections)
 
-    def forward(self, input_seq: Tensor, target_seq: Tensor, window: Tensor) -> Tensor:
+    def trunk(self, input_seq: Tensor, window: Tensor) -> Tensor:
+        """The normed final hidden states, (T, model_dim), of one sequence of T token ids."""
         L = len(self.blocks)
         ve = [emb(input_seq)[None] for emb in self.value_embeds]
         long_mask, short_mask = self.attention_masks(input_seq, window)
@@ -820,14 +821,30 @@ class GPT(nn.Module):
             j = value_embed_index(i, L)
             x = block(x, None if j is None else ve[j], x00, x01, lambdas[i], attn_lambdas[i], self.rotary, mask)
             outputs.append(x)
-        x = norm(x).flatten(end_dim=1)
+        return norm(x).flatten(end_dim=1)
+
+    def head(self, x: Tensor) -> Tensor:
+        """Softcapped fp32 logits over the padded vocabulary."""
+        logits = F.linear(x, self.lm_head_w.bfloat16()).float()
+        return LOGIT_SOFTCAP * logits * torch.rsqrt(logits.square() + LOGIT_SOFTCAP**2)
+
+    def forward(self, input_seq: Tensor, target_seq: Tensor, window: Tensor) -> Tensor:
+        x = self.trunk(input_seq, window)
         chunks = 1 if self.training else EVAL_LOGIT_CHUNKS
         loss = 0
         for x_c, t_c in zip(x.chunk(chunks), target_seq.chunk(chunks)):
-            logits = F.linear(x_c, self.lm_head_w.bfloat16()).float()
-            logits = LOGIT_SOFTCAP * logits * torch.rsqrt(logits.square() + LOGIT_SOFTCAP**2)
-            loss = loss + F.cross_entropy(logits, t_c) / chunks
+            loss = loss + F.cross_entropy(self.head(x_c), t_c) / chunks
         return loss
+
+    @torch.no_grad()
+    def logits(self, input_seq: Tensor, window: Tensor) -> Tensor:
+        """Next-token logits (T, vocab_size) for a sequence of any length T (sampling, evals). The
+        sequence is padded with <|endoftext|> to whole attention blocks; causality makes the
+        padding invisible to the real positions."""
+        T = input_seq.numel()
+        pad = next_multiple_of(T, ATTN_BLOCK_SIZE) - T
+        ids = F.pad(input_seq.to(torch.int32), (0, pad), value=EOT_TOKEN)
+        return self.head(self.trunk(ids, window)[:T])[:, :self.embed1.num_embeddings]
 
 
 def build_model(args: Hyperparameters, attention: str) -> GPT:
@@ -982,6 +999,40 @@ def token_batches(files: list[Path], seq_len: int, seqs_per_step: int, rank: int
         yield batch
 
 
+HELLASWAG_ENDINGS = 4
+
+
+def read_hellaswag(path) -> list[tuple[list[int], list[list[int]], int]]:
+    """HellaSwag examples already tokenized by evals/hellaswag.py: JSON lines of {"context": [ids],
+    "endings": [[ids] x 4], "label": 0..3}. Returns [(context, endings, label)]."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UserError(f"cannot read the tokenized HellaSwag file {path}: {e.strerror}. Make it with "
+                        f"`python evals/hellaswag.py --prepare` (downloads the validation set once).") from None
+    examples = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            ex = json.loads(line)
+            context, endings, label = ex["context"], ex["endings"], ex["label"]
+            ok = (len(endings) == HELLASWAG_ENDINGS and label in range(HELLASWAG_ENDINGS)
+                  and all(isinstance(t, int) for t in context) and all(e and all(isinstance(t, int) for t in e)
+                                                                      for e in endings))
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise UserError(f"{path}, line {number}: expected {{\"context\": [token ids], \"endings\": "
+                            f"[{HELLASWAG_ENDINGS} non-empty lists of token ids], \"label\": 0..3}}. "
+                            f"Re-create the file with `python evals/hellaswag.py --prepare`.")
+        examples.append((context, endings, label))
+    if not examples:
+        raise UserError(f"{path} holds no HellaSwag examples. Re-create it with `python evals/hellaswag.py --prepare`.")
+    return examples
+
+
 # -----------------------------------------------------------------------------------------------------
 # logging
 
@@ -1111,6 +1162,51 @@ def environment_info(device: torch.device, world_size: int, ns_impl: str) -> dic
     if device.type == "cuda":
         info["nvidia-smi"] = run(["nvidia-smi"])
     return info
+
+
+# -----------------------------------------------------------------------------------------------------
+# checkpoints
+
+CHECKPOINT_FORMAT = "speedrun-checkpoint/1"
+
+
+def read_checkpoint(path) -> dict:
+    """A checkpoint written by this script, loaded on the CPU with weights_only=True."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist.") from None
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror}.") from None
+    except Exception as e:  # torch raises several types for a file that is not a checkpoint
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                        f"it may be truncated or not written by train_gpt.py.") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UserError(f"{path} is not a train_gpt.py checkpoint: format {found!r}, expected "
+                        f"{CHECKPOINT_FORMAT!r}.")
+    return ckpt
+
+
+def hyperparameters_from(saved: dict, source) -> Hyperparameters:
+    known = {f.name for f in fields(Hyperparameters)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise UserError(f"{source} has hyperparameters this script does not know ({', '.join(unknown)}): "
+                        f"it was written by another version of train_gpt.py; use that version.")
+    return Hyperparameters(**saved)
+
+
+def model_from_checkpoint(path, device) -> tuple[GPT, Hyperparameters, int]:
+    """The checkpoint's model in eval mode on device, its hyperparameters, and the attention window
+    (in blocks) it was at: what sampling and evaluation need. Dense attention on every device: at
+    inference lengths it is exact and needs no compile."""
+    ckpt = read_checkpoint(path)
+    args = hyperparameters_from(ckpt["hyperparameters"], path)
+    model = build_model(args, attention="dense")
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), args, window_blocks(ckpt["step"], args)
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -1246,6 +1342,44 @@ def evaluate(model, args: Hyperparameters, rt: Runtime, window: Tensor) -> float
     return total.item()
 
 
+@torch.no_grad()
+def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens: int = 4096) -> dict:
+    """HellaSwag accuracy: each candidate, <|endoftext|> + context + ending, is scored by the total
+    (acc) and the mean (acc_norm) log-likelihood of the ending's tokens; the best-scored ending is
+    the prediction. Candidates are packed into sequences of up to max_tokens tokens: each starts a
+    document, so document masking keeps them apart and one forward scores many (batched)."""
+    candidates = []  # (tokens, where the ending starts, example index, ending index)
+    for i, (context, endings, _) in enumerate(examples):
+        for j, ending in enumerate(endings):
+            candidates.append(([EOT_TOKEN, *context, *ending], 1 + len(context), i, j))
+    total = torch.full((len(examples), HELLASWAG_ENDINGS), -math.inf, dtype=torch.float64)
+    mean = total.clone()
+    w = torch.tensor(window, dtype=torch.int32, device=device)
+
+    def score(pack: list) -> None:
+        ids = torch.tensor([t for c in pack for t in c[0]], device=device)
+        logp = torch.log_softmax(model.logits(ids, w), dim=-1)
+        offset = 0
+        for tokens, start, i, j in pack:
+            targets = ids[offset + start:offset + len(tokens)]
+            ll = logp[offset + start - 1:offset + len(tokens) - 1].gather(1, targets[:, None]).double()
+            total[i, j], mean[i, j] = ll.sum().item(), ll.mean().item()
+            offset += len(tokens)
+
+    pack, size = [], 0
+    for c in candidates:
+        if pack and size + len(c[0]) > max_tokens:
+            score(pack)
+            pack, size = [], 0
+        pack.append(c)
+        size += len(c[0])
+    if pack:
+        score(pack)
+    labels = torch.tensor([label for *_, label in examples])
+    return dict(n=len(examples), acc=(total.argmax(1) == labels).double().mean().item(),
+                acc_norm=(mean.argmax(1) == labels).double().mean().item())
+
+
 def open_run_log(args: Hyperparameters, rt: Runtime) -> RunLog:
     """Rank 0 creates the log files; every rank learns whether that worked, so none waits forever."""
     run_id = f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -1350,7 +1484,8 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
         if args.save_checkpoint and rt.master:
             # every rank holds all weights (Muon all-gathers), so rank 0's copy is the model
             with open(log.txt_path.with_suffix(".pt"), "xb") as f:
-                torch.save(dict(model=model.state_dict(), hyperparameters=asdict(args), run_id=log.summary["run_id"]), f)
+                torch.save(dict(format=CHECKPOINT_FORMAT, model=model.state_dict(), hyperparameters=asdict(args),
+                                run_id=log.summary["run_id"], step=N), f)
             log.write(f"checkpoint: {log.txt_path.with_suffix('.pt')}", console=True)
         status = "finished"
     except Diverged as e:
