@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import secrets
+import statistics
 import subprocess
 import sys
 import time
@@ -124,7 +125,7 @@ class Hyperparameters:
     muon_momentum_start: float = hp(0.85, "Muon momentum at step 0")
     muon_momentum_warmup_steps: int = hp(300, "steps of the linear momentum warmup")
     update_smoothing: float = hp(0.2, "beta of the EMA of Muon's updates (0: off)")
-    ns_impl: str = hp("auto", "Newton-Schulz implementation: auto (triton on CUDA) | triton | torch")
+    ns_impl: str = hp("auto", "Newton-Schulz: auto (on CUDA the faster of triton and torch, timed at startup) | triton | torch")
     # Snoo outer optimizer
     snoo_k: int = hp(28, "Snoo's outer step every k steps (0: Snoo off)")
     snoo_lr: float = hp(0.68, "Snoo's SGD lr")
@@ -132,7 +133,7 @@ class Hyperparameters:
     # run
     seed: Optional[int] = hp(None, "random seed (default: a fresh one, logged, so runs are independent)")
     device: str = hp("auto", "auto | cuda | cpu (the record configuration needs --device=cpu to run on CPU)")
-    compile: bool = hp(True, "torch.compile the model on CUDA")
+    compile: bool = hp(True, "torch.compile the model (CUDA) and Muon's update (every device)")
     coordinate_descent_tuning: bool = hp(True, "inductor coordinate-descent tuning (allowed on this track)")
     records_dir: str = hp("records", "where run logs go: <records_dir>/<record>/<run id>.txt and .json")
     record: str = hp("dev", "name of the folder of this batch of runs")
@@ -165,6 +166,12 @@ PRESETS = {
 
 class UserError(Exception):
     """A mistake in the command line, the environment or the data: reported as one paragraph, exit 2."""
+
+
+def describe_error(e: BaseException) -> str:
+    """An exception's type and the first line of its message, for a one-line report."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else 'no message'}"
 
 
 def _parse_value(name: str, text: str, typ):
@@ -299,7 +306,24 @@ if triton is not None:
                         for block, block_k, warps, stages in ((128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 4),
                                                               (64, 64, 4, 4), (64, 128, 4, 3))]
 
-    @triton.autotune(configs=_SYM_CONFIGS, key=["N", "M", "K", "HAS_C"])
+    def _device_shared_memory(device_index: int) -> Optional[int]:
+        try:
+            return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+        except Exception:  # no GPU driver (the interpreter), or a driver API this triton lacks
+            return None
+
+    def _fitting_configs(configs, named_args, **kwargs):
+        """The autotuner's early prune: drop configs whose tiles do not fit this GPU's shared memory
+        (A100 and consumer cards have less than an H100); keep the smallest if none does."""
+        X = named_args["X"]
+        limit = _device_shared_memory(X.device.index) if X.is_cuda else None
+        if limit is None:
+            return configs
+        size = lambda c: sym_config_shared_memory(c, X.element_size())  # noqa: E731
+        return [c for c in configs if size(c) <= limit] or [min(configs, key=size)]
+
+    @triton.autotune(configs=_SYM_CONFIGS, key=["N", "M", "K", "HAS_C"],
+                     prune_configs_by=dict(early_config_prune=_fitting_configs))
     @triton.jit
     def _sym_matmul_kernel(X, C, Out, alpha, beta, N, M, K, sxb, sxm, sxk, scb, scm, scn, sob, som, son,
                            HAS_C: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr,
@@ -337,6 +361,12 @@ if triton is not None:
         tl.store(Out + rows[:, None] * som + cols[None, :] * son, out, mask=inside)
         if i != j:  # the mirror; a diagonal tile is its own and is stored once
             tl.store(Out + rows[:, None] * son + cols[None, :] * som, out, mask=inside)
+
+
+def sym_config_shared_memory(config, element_size: int) -> int:
+    """Bytes of shared memory a config of the symmetric kernel needs: num_stages buffers of a row
+    tile and a column tile. Exact on sm_90; sm_80/sm_89 pipelines use one stage fewer."""
+    return config.num_stages * 2 * config.kwargs["BLOCK"] * config.kwargs["BLOCK_K"] * element_size
 
 
 def _sym_matmul(X: Tensor, C: Optional[Tensor], alpha: float, beta: float) -> Tensor:
@@ -404,15 +434,6 @@ def check_newton_schulz_triton(device: torch.device, shapes: list[tuple[int, ...
                 f"Run with --ns_impl=torch, and report the GPU, torch and triton versions.")
 
 
-def orthogonalize(G: Tensor, impl: str) -> Tensor:
-    """Muon's orthogonalization by the implementation resolve_ns_impl picked."""
-    if impl == "triton":
-        return newton_schulz_triton(G)
-    if impl == "torch":
-        return newton_schulz_torch(G)
-    raise ValueError(f"unknown Newton-Schulz implementation {impl!r}: expected triton or torch")
-
-
 def resolve_ns_impl(requested: str, on_cuda: bool) -> str:
     """The Newton-Schulz implementation a run uses for --ns_impl: auto is triton on CUDA when triton
     imports, else torch. triton needs triton and CUDA, or TRITON_INTERPRET=1 (the tests, on CPU)."""
@@ -432,6 +453,39 @@ def resolve_ns_impl(requested: str, on_cuda: bool) -> str:
         raise UserError("--ns_impl=triton needs a CUDA GPU and this run is on CPU: use --ns_impl=torch "
                         "(or auto, which picks torch on CPU).")
     return "triton"
+
+
+NS_TIMING_REPEATS = 5  # timed passes per implementation under --ns_impl=auto; the median decides
+
+
+def time_ms(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of fn() in ms after `warmup` untimed calls: CUDA events on a GPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            start = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def measure_newton_schulz(device: torch.device, shapes: list[tuple[int, ...]],
+                          repeats: int = NS_TIMING_REPEATS) -> dict[str, float]:
+    """ms of one pass over one matrix of each shape, for the compiled torch path and the Triton path
+    (compiles and autotunes both first)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    inputs = [torch.randn(shape, device=device, generator=gen) for shape in shapes]
+    paths = dict(torch=torch.compile(newton_schulz_torch, dynamic=False), triton=newton_schulz_triton)
+    return {name: time_ms(lambda: [ns(x) for x in inputs], device, repeats) for name, ns in paths.items()}
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -454,16 +508,23 @@ def store_master_weight(master: Tensor, p: Tensor, mantissa: Tensor) -> None:
     mantissa.view(torch.int16).copy_(bits.to(torch.int16))
 
 
+def full_precision(x: float) -> Tensor:
+    """A Python float as a float64 0-dim tensor, as the record passes Muon's scalars (its
+    torch._as_tensor_fullprec): a compiled update takes it as an input, so a new value never
+    recompiles, and the arithmetic with it matches the record's."""
+    return torch.tensor(x, dtype=torch.float64)
+
+
 def muon_nesterov(buf: Tensor, grad: Tensor, momentum: Tensor) -> Tensor:
-    """Update the fp32 momentum buffer m = mu m + (1 - mu) g; return the Nesterov form mu m + (1 - mu) g
-    that Newton-Schulz orthogonalizes. Scalars are 0-dim tensors so a compiled version never recompiles."""
+    """m <- mu m + (1 - mu) g in fp32; returns the Nesterov form mu m + (1 - mu) g that Newton-Schulz
+    orthogonalizes."""
     g = grad.float()
-    buf.mul_(momentum).add_((1 - momentum) * g)
+    buf.copy_(momentum * buf + (1 - momentum) * g)
     return momentum * buf + (1 - momentum) * g
 
 
-def muon_apply(p: Tensor, update: Tensor, mantissa: Optional[Tensor], smoothed: Optional[Tensor],
-               smoothing: float, step_size: Tensor, decay: Tensor) -> None:
+def muon_write(p: Tensor, mantissa: Optional[Tensor], smoothed: Optional[Tensor], update: Tensor,
+               smoothing: Tensor, step_size: Tensor, decay: Tensor) -> None:
     """p <- p (1 - decay) - step_size * s, where s is the update or, with smoothing, its EMA."""
     if smoothed is not None:
         # update smoothing, an EMA of Muon's updates kept in bf16: record 13, medium track
@@ -472,10 +533,35 @@ def muon_apply(p: Tensor, update: Tensor, mantissa: Optional[Tensor], smoothed: 
     if mantissa is not None:
         # fp32 master weights as bf16 parameter + uint16 lower half: the medium track's Muon
         master = master_weight(p, mantissa)
-        master.mul_(1 - decay).add_(update.float() * -step_size)
+        master.mul_(1 - decay)
+        master.add_(update, alpha=-step_size)
         store_master_weight(master, p, mantissa)
     else:
-        p.mul_(1 - decay).add_(update.to(p.dtype) * -step_size)
+        p.mul_(1 - decay)
+        p.add_(update, alpha=-step_size)
+
+
+def muon_update(p: Tensor, mantissa: Optional[Tensor], buf: Tensor, smoothed: Optional[Tensor], grad: Tensor,
+                momentum: Tensor, smoothing: Tensor, step_size: Tensor, decay: Tensor) -> None:
+    """One Muon step of one parameter: Nesterov momentum, Newton-Schulz (torch), smoothing, decoupled
+    decay, master-weight write. Compiled as one function, as the record compiles it."""
+    update = newton_schulz_torch(muon_nesterov(buf, grad, momentum))
+    muon_write(p, mantissa, smoothed, update, smoothing, step_size, decay)
+
+
+def muon_update_fn(ns_impl: str, compiled: bool):
+    """muon_update for an implementation: with torch, the whole update is one compiled graph per
+    matrix shape; with triton, the kernels run between the compiled elementwise parts."""
+    if ns_impl == "torch":
+        return torch.compile(muon_update, dynamic=False) if compiled else muon_update
+    if ns_impl != "triton":
+        raise ValueError(f"unknown Newton-Schulz implementation {ns_impl!r}: expected triton or torch")
+    nesterov = torch.compile(muon_nesterov, dynamic=False) if compiled else muon_nesterov
+    write = torch.compile(muon_write, dynamic=False) if compiled else muon_write
+
+    def update(p, mantissa, buf, smoothed, grad, momentum, smoothing, step_size, decay):
+        write(p, mantissa, smoothed, newton_schulz_triton(nesterov(buf, grad, momentum)), smoothing, step_size, decay)
+    return update
 
 
 class Muon(torch.optim.Optimizer):
@@ -494,12 +580,14 @@ class Muon(torch.optim.Optimizer):
         shapes = sorted({tuple(p.shape) for p in params}, reverse=True)
         groups = [dict(params=[p for p in params if tuple(p.shape) == s]) for s in shapes]
         super().__init__(groups, defaults)
-        self.ns_impl = ns_impl
         self.rank = rank
         self.world_size = world_size
-        # The elementwise work around Newton-Schulz, fused by the compiler as in the record (CUDA runs).
-        self._nesterov = torch.compile(muon_nesterov, dynamic=False) if compiled else muon_nesterov
-        self._apply = torch.compile(muon_apply, dynamic=False) if compiled else muon_apply
+        self.compiled = compiled
+        self.set_ns_impl(ns_impl)
+
+    def set_ns_impl(self, ns_impl: str) -> None:
+        self.ns_impl = ns_impl
+        self._update_fn = muon_update_fn(ns_impl, self.compiled)
 
     def load_state_dict(self, state_dict: dict) -> None:
         # torch casts floating state to the parameter's dtype, which would round the fp32 momentum to
@@ -521,15 +609,12 @@ class Muon(torch.optim.Optimizer):
         return state
 
     def _update(self, p: Tensor, group: dict) -> None:
-        """One Muon step of one parameter: Nesterov momentum, Newton-Schulz, smoothing, decoupled decay."""
         state = self._init_state(p, group)
         lr = group["lr"]
         step_size = lr * max(1.0, p.size(-2) / p.size(-1)) ** 0.5
         decay = lr * group["weight_decay"] * getattr(p, "wd_mul", 1.0)
-        nesterov = self._nesterov(state["momentum_buffer"], p.grad, torch.tensor(group["momentum"]))
-        update = orthogonalize(nesterov, self.ns_impl)
-        self._apply(p, update, state.get("mantissa"), state.get("smoothed_update"), group["update_smoothing"],
-                    torch.tensor(step_size), torch.tensor(decay))
+        self._update_fn(p, state.get("mantissa"), state["momentum_buffer"], state.get("smoothed_update"), p.grad,
+                        *map(full_precision, (group["momentum"], group["update_smoothing"], step_size, decay)))
 
     @torch.no_grad()
     def step(self):
@@ -652,9 +737,10 @@ def document_block_masks(ids: Tensor, windows: list[Tensor]) -> list[tuple[Tenso
     docs_high = docs[ATTN_BLOCK_SIZE - 1::ATTN_BLOCK_SIZE]
     blocks = torch.arange(docs_low.numel(), device=ids.device)
     q, kv = blocks[:, None], blocks[None, :]
-    overlap = (docs_low[:, None] <= docs_high[None, :]) & (docs_low[None, :] <= docs_high[:, None])
+    # Document ranges overlap when low(q) <= high(kv) and low(kv) <= high(q); for q >= kv the second
+    # always holds (document ids never decrease), so it is left out (record 17, medium track).
     one_doc = (docs_low[:, None] == docs_high[None, :]) & (docs_low[None, :] == docs_high[:, None])
-    candidate = (q >= kv) & overlap
+    candidate = (q >= kv) & (docs_low[:, None] <= docs_high[None, :])
     full = (q > kv) & one_doc
     partial_count, partial_idx = ordered_blocks(candidate & ~full)
     full_count, full_idx = ordered_blocks(full)
@@ -868,7 +954,7 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_siz
     ns_impl = resolve_ns_impl(args.ns_impl, on_cuda)
     muon = Muon(matrices, lr=args.muon_lr, weight_decay=args.muon_weight_decay, momentum=args.muon_momentum,
                 update_smoothing=args.update_smoothing, ns_impl=ns_impl, rank=rank, world_size=world_size,
-                compiled=on_cuda and args.compile)
+                compiled=args.compile)
     for opt in (adam, muon):
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
@@ -1180,7 +1266,7 @@ def read_checkpoint(path) -> dict:
     except OSError as e:
         raise UserError(f"cannot read checkpoint {path}: {e.strerror}.") from None
     except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}); "
+        raise UserError(f"{path} is not a readable checkpoint ({describe_error(e)}); "
                         f"it may be truncated or not written by train_gpt.py.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -1380,6 +1466,47 @@ def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens:
                 acc_norm=(mean.argmax(1) == labels).double().mean().item())
 
 
+def choose_newton_schulz(requested: str, rt: Runtime, shapes: list[tuple[int, ...]]) -> dict:
+    """Muon's Newton-Schulz for this run, decided before any file is written. On a GPU, auto checks
+    the Triton path against torch, times both on the run's shapes and takes the faster; a Triton
+    failure under auto falls back to torch. Every rank decides alike."""
+    impl = resolve_ns_impl(requested, rt.device.type == "cuda")
+    info = dict(requested=requested, used=impl, timings_ms=None, note=None)
+    if impl != "triton":
+        return info
+    error = None
+    try:
+        check_newton_schulz_triton(rt.device, shapes)
+    except Exception as e:  # a kernel that fails to compile or to launch, or that computes wrong
+        if requested == "triton":
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"--ns_impl=triton: the Triton kernels fail on this GPU ({describe_error(e)}). Use "
+                            f"--ns_impl=auto (falls back to torch) or torch, and report the GPU, torch and "
+                            f"triton versions.") from None
+        error = describe_error(e)
+    if not rt.all_ranks_ok(error is None):
+        info.update(used="torch", note=f"the Triton path failed ({error or 'on another rank'}); using torch")
+    elif requested == "auto":
+        timings = measure_newton_schulz(rt.device, shapes)
+        if rt.world_size > 1:
+            t = torch.tensor(list(timings.values()), device=rt.device)
+            all_reduce_avg(t, rt)
+            timings = dict(zip(timings, t.tolist()))
+        info.update(timings_ms=timings, used="triton" if timings["triton"] < timings["torch"] else "torch")
+    return info
+
+
+def newton_schulz_line(info: dict) -> str:
+    line = f"newton_schulz: {info['used']} (--ns_impl={info['requested']}"
+    if info["timings_ms"]:
+        t = info["timings_ms"]
+        line += f"; one pass over the run's matrix shapes: compiled torch {t['torch']:.3f} ms, triton {t['triton']:.3f} ms"
+    if info["note"]:
+        line += f"; {info['note']}"
+    return line + ")"
+
+
 def open_run_log(args: Hyperparameters, rt: Runtime) -> RunLog:
     """Rank 0 creates the log files; every rank learns whether that worked, so none waits forever."""
     run_id = f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -1398,7 +1525,6 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
     if args.seed is None:
         args.seed = secrets.randbits(31)
     torch.manual_seed(args.seed)
-    log = open_run_log(args, rt)
 
     on_cuda = rt.device.type == "cuda"
     model = build_model(args, attention="flex" if on_cuda else "dense").to(rt.device)
@@ -1407,8 +1533,10 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
             dist.broadcast(p.detach(), 0)
     adam, muon, snoo = build_optimizers(model, args, rt.rank, rt.world_size)
     optimizers = [adam, muon]
-    if muon.ns_impl == "triton":
-        check_newton_schulz_triton(rt.device, [tuple(g["params"][0].shape) for g in muon.param_groups])
+    newton_schulz = choose_newton_schulz(args.ns_impl, rt, [tuple(g["params"][0].shape) for g in muon.param_groups])
+    muon.set_ns_impl(newton_schulz["used"])
+    log = open_run_log(args, rt)
+    log.summary["newton_schulz"] = newton_schulz
     compiled = model
     if on_cuda and args.compile:
         import torch._inductor.config as inductor_config
@@ -1420,6 +1548,7 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
         log.set_header(Path(__file__).read_text(encoding="utf-8"),
                        environment_info(rt.device, rt.world_size, muon.ns_impl), asdict(args))
     log.write(f"parameters: {sum(p.numel() for p in model.parameters()):,}", console=True)
+    log.write(newton_schulz_line(newton_schulz), console=True)
 
     windows: dict[int, Tensor] = {}  # one device tensor per window size: no host-to-device copy per step
 

@@ -19,9 +19,7 @@ in L2 when they fit, for both paths alike.
 import argparse
 import datetime
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -53,27 +51,8 @@ def useful_flops(shape: tuple) -> int:
 
 
 def time_ms(fn, inputs: list, device: torch.device, warmup: int, repeat: int) -> float:
-    """Median wall time of one pass of fn over all inputs, in ms."""
-    def one_pass():
-        for x in inputs:
-            fn(x)
-
-    for _ in range(warmup):
-        one_pass()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            one_pass()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            start = time.perf_counter()
-            one_pass()
-            times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+    """Median wall time of one pass of fn over all inputs, in ms (train_gpt's timer: CUDA events)."""
+    return tg.time_ms(lambda: [fn(x) for x in inputs], device, repeat, warmup)
 
 
 def matmul_ceiling(n: int, dtype: torch.dtype, device: torch.device, warmup: int, repeat: int) -> float:

@@ -2,6 +2,8 @@
 
     python benchmarks/bench_train.py                  # 1 GPU, 20 steps
     python benchmarks/bench_train.py --nproc 8 --steps 50 --out benchmarks/results/train_8xh100.md
+    python benchmarks/bench_train.py --steps 30 -- --coordinate_descent_tuning=false   # shorter compile
+    python benchmarks/bench_train.py --smoke          # tiny preset on CPU: checks the script runs
 
 Writes synthetic shards (random tokens in documents of ~1000 tokens) to a temporary folder, runs
 train_gpt.py with the record's hyperparameters for --steps steps (one validation, at the end, on
@@ -55,34 +57,45 @@ def rows_from_log(lines: list[str], steps: int, skip: int) -> list[tuple[str, st
     ]
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=1, choices=(1, 2, 4, 8), help="processes (GPUs)")
-    parser.add_argument("--steps", type=int, default=20, help="training steps to time")
-    parser.add_argument("--val_steps", type=int, default=1, help="validation steps (of 8 x 262,144 tokens)")
-    parser.add_argument("--skip", type=int, default=3, help="first steps left out of ms per step")
+    parser.add_argument("--steps", type=int, help="training steps to time (default 20; smoke 4)")
+    parser.add_argument("--val_steps", type=int, default=1, help="validation steps (of seqs_per_step x val_seq_len tokens)")
+    parser.add_argument("--skip", type=int, help="first steps left out of ms per step (default 3; smoke 1)")
     parser.add_argument("--out", type=Path, help="also write the table to this file (never overwritten)")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("error: bench_train.py times the record configuration and needs a CUDA GPU; none is visible.")
-    if args.steps <= args.skip:
-        sys.exit(f"error: --steps={args.steps} must be larger than --skip={args.skip}.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tiny preset on CPU for a few steps: checks the script runs; numbers mean nothing")
+    parser.add_argument("train_args", nargs="*", metavar="-- OPTION",
+                        help="train_gpt.py options after --, e.g. -- --coordinate_descent_tuning=false")
+    args = parser.parse_args(argv)
+    steps = args.steps or (4 if args.smoke else 20)
+    skip = args.skip if args.skip is not None else (1 if args.smoke else 3)
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("error: bench_train.py times the record configuration and needs a CUDA GPU; none is visible "
+                 "(--smoke runs the tiny preset on CPU).")
+    if steps <= skip:
+        sys.exit(f"error: --steps={steps} must be larger than --skip={skip}.")
     if args.out and args.out.exists():
         sys.exit(f"error: {args.out} exists; choose another --out (results are never overwritten).")
+    preset = ["--preset=tiny", "--device=cpu"] if args.smoke else []
+    try:
+        run = tg.parse_args(preset + args.train_args)
+    except tg.UserError as e:
+        sys.exit(f"error: {e}")
+    step_tokens = run.seqs_per_step * run.train_seq_len
+    val_step_tokens = run.seqs_per_step * run.val_seq_len
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        record = tg.Hyperparameters()
-        step_tokens = record.seqs_per_step * record.train_seq_len
-        val_step_tokens = record.seqs_per_step * record.val_seq_len
         write_shard(tmp / "val_000000.bin", synthetic_tokens(args.val_steps * val_step_tokens + 2, 0))
-        write_shard(tmp / "train_000001.bin", synthetic_tokens(args.steps * step_tokens + 2, 1))
+        write_shard(tmp / "train_000001.bin", synthetic_tokens(steps * step_tokens + 2, 1))
         cmd = [sys.executable, str(REPO / "train_gpt.py")]
         if args.nproc > 1:
             cmd = ["torchrun", "--standalone", f"--nproc_per_node={args.nproc}", str(REPO / "train_gpt.py")]
-        cmd += [f"--train_files={tmp}/train_*.bin", f"--val_files={tmp}/val_*.bin",
-                f"--val_tokens={args.val_steps * val_step_tokens}", f"--num_iterations={args.steps}",
-                "--val_loss_every=0", f"--records_dir={tmp}/records", "--record=bench"]
+        cmd += [*preset, f"--train_files={tmp}/train_*.bin", f"--val_files={tmp}/val_*.bin",
+                f"--val_tokens={args.val_steps * val_step_tokens}", f"--num_iterations={steps}",
+                "--val_loss_every=0", f"--records_dir={tmp}/records", "--record=bench", *args.train_args]
         start = time.perf_counter()
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -91,12 +104,14 @@ def main() -> int:
         (log,) = (tmp / "records" / "bench").glob("*.txt")
         lines = log.read_text().splitlines()
 
+    device = f"{args.nproc} x {torch.cuda.get_device_name(0)}" if not args.smoke else "CPU (smoke: numbers mean nothing)"
     rows = [
-        ("GPU", f"{args.nproc} x {torch.cuda.get_device_name(0)}"),
+        ("GPU", device),
         ("torch / CUDA", f"{torch.__version__} / {torch.version.cuda}"),
         ("date", datetime.date.today().isoformat()),
+        ("options", " ".join(preset + args.train_args) or "the record's"),
         ("whole process", f"{wall:.1f} s"),
-    ] + rows_from_log(lines, args.steps, args.skip)
+    ] + rows_from_log(lines, steps, skip)
     width = max(len(r[0]) for r in rows)
     table = "\n".join([f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
                       + [f"| {k:{width}} | {v} |" for k, v in rows])

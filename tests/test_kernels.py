@@ -153,6 +153,8 @@ def test_kernel_compiles_for_h100(has_c):
         ptx = kernel.asm["ptx"]
         assert "wgmma.mma_async" in ptx and "cp.async.cg" in ptx, config
         assert kernel.metadata.shared <= H100_SHARED_MEMORY, config
+        # the autotuner's prune estimates what a config needs: exactly what sm_90 allocates
+        assert tg.sym_config_shared_memory(config, 2) == kernel.metadata.shared, config
         stores = re.findall(r"st\.global[.\w]*", ptx)
         assert stores and all(s == "st.global.v4.b32" for s in stores), (config, set(stores))
 
@@ -271,11 +273,10 @@ def test_scale_invariance(shape):
 # dispatch and --ns_impl
 
 
-def test_orthogonalize_dispatches_on_the_implementation():
-    G = randn(32, 64, seed=5)
-    assert torch.equal(tg.orthogonalize(G, "torch"), tg.newton_schulz_torch(G))
+def test_update_function_dispatches_on_the_implementation():
+    assert tg.muon_update_fn("torch", compiled=False) is tg.muon_update
     with pytest.raises(ValueError, match="unknown Newton-Schulz implementation"):
-        tg.orthogonalize(G, "cuda")
+        tg.muon_update_fn("cuda", compiled=False)
 
 
 @pytest.mark.parametrize("requested, on_cuda, have_triton, expected", [
@@ -315,7 +316,7 @@ def test_import_without_triton():
     code = ("import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
             "import torch, train_gpt as tg\n"
             "assert tg.triton is None and tg.resolve_ns_impl('auto', on_cuda=True) == 'torch'\n"
-            "assert tg.orthogonalize(torch.randn(8, 16), 'torch').shape == (8, 16)\n"
+            "assert tg.newton_schulz_torch(torch.randn(8, 16)).shape == (8, 16)\n"
             "print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
@@ -381,7 +382,7 @@ def test_gpu_kernels_as_accurate_as_torch_bf16(X):
 def test_gpu_newton_schulz_triton_matches_torch_bf16(shape):
     G = cuda_randn(*shape, seed=5)
     exact = tg.newton_schulz_torch(G, torch.float64)
-    triton_ns, torch_ns = tg.orthogonalize(G, "triton"), tg.orthogonalize(G, "torch")
+    triton_ns, torch_ns = tg.newton_schulz_triton(G), tg.newton_schulz_torch(G)
     assert triton_ns.dtype == torch.bfloat16 and triton_ns.shape == G.shape
     assert rel_err(triton_ns, torch_ns) < 2 * BF16_REL
     assert rel_err(triton_ns, exact) < 1.2 * rel_err(torch_ns, exact)
@@ -405,6 +406,102 @@ def test_startup_check_stops_a_run_whose_kernels_are_wrong(monkeypatch):
     monkeypatch.setattr(tg, "newton_schulz_triton", lambda G: tg.newton_schulz_torch(G).flip(-1))
     with pytest.raises(tg.UserError, match=r"disagree with the torch path on this GPU: relative difference"):
         tg.check_newton_schulz_triton(torch.device("cpu"), shapes)
+
+
+class FakeX:
+    """What the prune hook reads of the kernel's X argument."""
+    is_cuda, device = True, torch.device("cuda", 0)
+
+    @staticmethod
+    def element_size():
+        return 2
+
+
+@pytest.mark.parametrize("limit, expected", [
+    (232_448, "all"),  # H100: every config fits
+    (101_376, "<= 101376"),  # a consumer card (sm_89): the 4-stage 128-tiles do not
+    (40_000, "smallest"),  # nothing fits: keep the smallest rather than none
+])
+def test_configs_that_do_not_fit_the_gpu_are_pruned(monkeypatch, limit, expected):
+    if tg.triton is None:
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(tg, "_device_shared_memory", lambda index: limit)
+    kept = tg._fitting_configs(tg._SYM_CONFIGS, dict(X=FakeX()))
+    sizes = {c: tg.sym_config_shared_memory(c, 2) for c in tg._SYM_CONFIGS}
+    if expected == "all":
+        assert kept == tg._SYM_CONFIGS
+    elif expected == "smallest":
+        assert kept == [min(tg._SYM_CONFIGS, key=sizes.get)]
+    else:
+        assert kept == [c for c in tg._SYM_CONFIGS if sizes[c] <= limit] and 0 < len(kept) < len(tg._SYM_CONFIGS)
+
+
+def gpu_runtime():
+    """A one-process runtime that choose_newton_schulz takes for a GPU's, on the CPU."""
+    rt = tg.Runtime(0, 1, torch.device("cpu"))
+    rt.device = type("FakeCuda", (), dict(type="cuda"))()
+    return rt
+
+
+@pytest.fixture
+def usable_triton(monkeypatch):
+    """triton importable, not interpreted, and its startup check passing."""
+    monkeypatch.setattr(tg, "triton", object())
+    monkeypatch.setattr(tg, "TRITON_INTERPRET", False)
+    monkeypatch.setattr(tg, "check_newton_schulz_triton", lambda device, shapes: None)
+
+
+@pytest.mark.parametrize("times, winner", [((2.0, 1.5), "triton"), ((1.0, 1.5), "torch")])
+def test_auto_picks_the_faster_path_and_records_both_timings(monkeypatch, usable_triton, times, winner):
+    timed = []
+    monkeypatch.setattr(tg, "measure_newton_schulz",
+                        lambda device, shapes: timed.append(shapes) or dict(torch=times[0], triton=times[1]))
+    info = tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16), (4, 8, 8)])
+    assert timed == [[(8, 16), (4, 8, 8)]]  # on the run's own shapes
+    assert info == dict(requested="auto", used=winner, timings_ms=dict(torch=times[0], triton=times[1]), note=None)
+    assert f"compiled torch {times[0]:.3f} ms, triton {times[1]:.3f} ms" in tg.newton_schulz_line(info)
+    # forcing one is not timed
+    monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a: pytest.fail("forced: nothing to time"))
+    assert tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)])["used"] == "triton"
+    assert tg.choose_newton_schulz("torch", gpu_runtime(), [(8, 16)])["used"] == "torch"
+
+
+def test_triton_failure_falls_back_under_auto_and_is_an_error_when_forced(monkeypatch, usable_triton):
+    def broken(device, shapes):
+        raise RuntimeError("out of resources: shared memory, required: 300000\nmore detail")
+
+    monkeypatch.setattr(tg, "check_newton_schulz_triton", broken)
+    monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a: pytest.fail("nothing to time after a failure"))
+    info = tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)])
+    assert info["used"] == "torch" and info["timings_ms"] is None
+    assert info["note"] == "the Triton path failed (RuntimeError: out of resources: shared memory, required: 300000); using torch"
+    assert "using torch" in tg.newton_schulz_line(info)
+    with pytest.raises(tg.UserError, match=r"--ns_impl=triton: the Triton kernels fail on this GPU \(RuntimeError: out of"):
+        tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)])
+    # a wrong result under --ns_impl=triton keeps the check's own message
+    monkeypatch.setattr(tg, "check_newton_schulz_triton", lambda d, s: (_ for _ in ()).throw(tg.UserError("disagree")))
+    with pytest.raises(tg.UserError, match="^disagree$"):
+        tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)])
+    assert tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)])["used"] == "torch"
+
+
+def test_cpu_runs_use_torch_without_timing():
+    info = tg.choose_newton_schulz("auto", tg.Runtime(0, 1, torch.device("cpu")), [(8, 16)])
+    assert info == dict(requested="auto", used="torch", timings_ms=None, note=None)
+
+
+def test_time_ms_is_the_median():
+    calls = iter([0.0, 5.0, 1.0, 9.0])  # the first call is untimed
+    slept = []
+
+    def fn():
+        import time
+        t = next(calls)
+        slept.append(t)
+        time.sleep(t / 1000)
+
+    got = tg.time_ms(fn, torch.device("cpu"), repeats=3)
+    assert len(slept) == 4 and 5.0 <= got < 9.0
 
 
 def test_interpreter_is_never_used_on_a_gpu(monkeypatch):

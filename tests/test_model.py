@@ -249,10 +249,40 @@ def test_flex_model_path_equals_dense_path():
         torch.testing.assert_close(flex(ids, targets, W), dense(ids, targets, W), rtol=1e-4, atol=1e-4)
 
 
+def test_model_compiles_to_one_graph_per_mode_across_every_window():
+    """What the GPU compiles: the FlexAttention path traces with fullgraph=True (no graph breaks), and
+    stepping through every window size of the record's schedule while switching between training and
+    validation builds one graph per mode, never another. dynamo decides graphs and guards before any
+    backend runs, so a counting backend sees what inductor would be given, in seconds."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    args = tiny_args(train_seq_len=256, val_seq_len=512, val_tokens=1024)
+    # FlexAttention has no backward on CPU: parameters without grad let the training forward run eagerly
+    model = tg.build_model(args, "flex").requires_grad_(False)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, dynamic=False, fullgraph=True, backend=counting_backend)
+    record = tg.Hyperparameters()
+    windows = sorted({tg.window_blocks(step, record) for step in range(record.num_iterations + 1)})
+    assert len(windows) > 20  # the schedule's sizes, from one block up
+    for w in windows:
+        W = torch.tensor(w, dtype=torch.int32)
+        model.train()
+        compiled(random_docs(args.train_seq_len, 100, w).to(torch.int32), random_docs(args.train_seq_len, 100, 0), W)
+        model.eval()
+        with torch.no_grad():
+            compiled(random_docs(args.val_seq_len, 100, w).to(torch.int32), random_docs(args.val_seq_len, 100, 0), W)
+    model.train()
+    assert len(graphs) == 2
+
+
 @pytest.mark.gpu
 def test_compiled_flex_model_equals_dense_model_on_gpu():
     dense, flex = (m.cuda() for m in twin_models())
-    compiled = torch.compile(flex, dynamic=False)
+    compiled = torch.compile(flex, dynamic=False, fullgraph=True)
     ids, targets = random_docs(2048, 300, 1).to(torch.int32).cuda(), random_docs(2048, 300, 2).cuda()
     for w in (1, 3, 16):
         W = torch.tensor(w, dtype=torch.int32, device="cuda")
