@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional, get_type_hints
+from typing import Optional, Union, get_args, get_origin, get_type_hints
 
 import torch
 import torch.distributed as dist
@@ -174,25 +175,79 @@ def describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else 'no message'}"
 
 
-def _parse_value(name: str, text: str, typ):
-    optional = typ == Optional[int]
+_SCALARS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def field_type(typ) -> tuple[type, bool, Optional[int]]:
+    """(scalar type, may be None, tuple length or None) of a Hyperparameters field type. The command line
+    handles bool, int, float and str, Optional[...] of one, and tuples of one (tuple[float, float] or
+    tuple[float, ...], written a,b); any other type is a TypeError (tests walk every field)."""
+    optional = False
+    if get_origin(typ) is Union:
+        members = [t for t in get_args(typ) if t is not type(None)]
+        if len(members) != 1 or len(get_args(typ)) != 2:
+            raise TypeError(f"unsupported field type {typ}")
+        typ, optional = members[0], True
+    length = None
+    if get_origin(typ) is tuple:
+        members = get_args(typ)
+        if len(members) == 2 and members[1] is Ellipsis:
+            members = members[:1]
+            length = -1
+        else:
+            length = len(members)
+        if len(set(members)) != 1:
+            raise TypeError(f"unsupported field type {typ}: a tuple of one scalar type")
+        typ = members[0]
+    if typ not in _SCALARS:
+        raise TypeError(f"unsupported field type {typ}")
+    return typ, optional, length
+
+
+def format_value(value) -> str:
+    """A value as the command line writes it (the inverse of parse_value)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(format_value, value))
+    return str(value)
+
+
+def describe_type(typ) -> str:
+    base, optional, length = field_type(typ)
+    text = base.__name__ if length is None else ",".join([base.__name__] * max(length, 1)) + (",..." if length == -1 else "")
+    return text + (" or none" if optional else "")
+
+
+def parse_value(name: str, text: str, typ):
+    base, optional, length = field_type(typ)
     if optional and text.lower() in ("none", ""):
         return None
-    base = int if optional else typ
-    try:
+
+    def scalar(item: str):
         if base is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
+            if item.lower() in _TRUE + _FALSE:
+                return item.lower() in _TRUE
             raise ValueError
-        value = base(text)
+        value = base(item)
         if base is float and not math.isfinite(value):
             raise ValueError
         return value
+
+    try:
+        if length is None:
+            return scalar(text)
+        items = tuple(scalar(item.strip()) for item in text.split(","))
+        if length != -1 and len(items) != length:
+            raise ValueError
+        return items
     except ValueError:
-        kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[base]
-        raise UserError(f"option --{name}={text!r}: expected {kind}.") from None
+        kind = _SCALARS[base] if length is None else (
+            f"{length if length != -1 else 'one or more'} comma-separated values, each {_SCALARS[base]}")
+        raise UserError(f"option --{name}={text!r}: expected {kind}{' (or none)' if optional else ''}.") from None
 
 
 def parse_args(argv: list[str]) -> Hyperparameters:
@@ -221,7 +276,7 @@ def parse_args(argv: list[str]) -> Hyperparameters:
         raise UserError(f"option --preset={preset!r}: expected one of {', '.join(PRESETS)}.")
     args = Hyperparameters(**PRESETS[preset], preset=preset)
     for name, value in pairs:
-        setattr(args, name, _parse_value(name, value, types[name]))
+        setattr(args, name, parse_value(name, value, types[name]))
     validate_args(args)
     return args
 
@@ -261,9 +316,11 @@ def help_text() -> str:
     types = get_type_hints(Hyperparameters)
     lines = [__doc__.strip(), "", "Options (--name=value; defaults are the record):"]
     for f in fields(Hyperparameters):
-        typ = "int" if types[f.name] == Optional[int] else types[f.name].__name__
-        lines.append(f"  --{f.name}={f.default!r} ({typ}): {f.metadata['help']}")
-    lines.append("Presets: " + "; ".join(f"{k}: {v or 'the defaults'}" for k, v in PRESETS.items()))
+        lines.append(f"  --{f.name}={format_value(f.default)} ({describe_type(types[f.name])}): {f.metadata['help']}")
+    lines += ["", "Presets (--preset=NAME sets these first; the other options apply on top):"]
+    for name, overrides in PRESETS.items():
+        settings = " ".join(f"--{k}={format_value(v)}" for k, v in overrides.items())
+        lines.append(f"  {name}: {settings or 'the defaults (the record)'}")
     return "\n".join(lines)
 
 
@@ -1159,13 +1216,14 @@ class RunLog:
                             f"--records_dir.") from None
         self._save()
 
-    def write(self, line: str, console: bool = False) -> None:
+    def write(self, line: str, console: bool = False, console_note: str = "") -> None:
+        """Append a line to the log (flushed); with console, print it too, followed by console_note."""
         if not self.enabled:
             return
         self.txt.write(line + "\n")
         self.txt.flush()
         if console and self.console:
-            print(line, flush=True)
+            print(line + console_note, flush=True)
 
     def set_header(self, source: str, environment: dict, hyperparameters: dict) -> None:
         self.summary.update(environment=environment, hyperparameters=hyperparameters,
@@ -1174,7 +1232,10 @@ class RunLog:
         self.write(source)
         self.write(LOG_RULE)
         self.write(f"Running Python {environment.get('python')}")
-        self.write(f"Running PyTorch {environment.get('torch')} compiled for CUDA {environment.get('cuda')}")
+        if environment.get("cuda"):
+            self.write(f"Running PyTorch {environment.get('torch')} compiled for CUDA {environment.get('cuda')}")
+        else:
+            self.write(f"Running PyTorch {environment.get('torch')}, a CPU build (no CUDA)")
         if environment.get("nvidia-smi"):
             self.write(environment["nvidia-smi"])
         self.write(LOG_RULE)
@@ -1196,7 +1257,10 @@ class RunLog:
         self._save()
 
     def log_train(self, step: int, num_iterations: int, train_time_ms: float) -> None:
-        self.write(format_train_line(step, num_iterations, train_time_ms), console=True)
+        # The console also shows the training time left at this pace; the log keeps the speedrun's line.
+        left_s = round(train_time_ms / step * (num_iterations - step) / 1000)
+        self.write(format_train_line(step, num_iterations, train_time_ms), console=True,
+                   console_note=f"  ({left_s // 60}m{left_s % 60:02d}s of training left)")
         self.summary["steps_done"] = step
 
     def log_memory(self, allocated_mib: int, reserved_mib: int) -> None:
@@ -1229,7 +1293,8 @@ def environment_info(device: torch.device, world_size: int, ns_impl: str) -> dic
 
     info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 host=platform.node(), python=sys.version, torch=torch.__version__,
-                cuda=torch.version.cuda, device=str(device), world_size=world_size, newton_schulz=ns_impl,
+                cuda=torch.version.cuda, device=str(device), world_size=world_size, torch_threads=torch.get_num_threads(),
+                newton_schulz=ns_impl,
                 command=" ".join([sys.executable] + sys.argv))
     try:
         import triton
@@ -1299,8 +1364,51 @@ def model_from_checkpoint(path, device) -> tuple[GPT, Hyperparameters, int]:
 # main
 
 
+EXIT_DIVERGED = 3  # exit status of a run stopped by a non-finite loss (2: a user error, 130/143: a signal)
+
+
 class Diverged(Exception):
     """A non-finite loss: the run stops at once instead of burning the node's remaining minutes."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. A BaseException like KeyboardInterrupt, so that no `except Exception` takes it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Stopper:
+    """Ctrl-C (SIGINT) and SIGTERM (a timeout, a preempted node, torchrun passing on a Ctrl-C) end the
+    run cleanly on every rank. In the training loop a signal only raises a flag: every rank reads it
+    through the step's loss all-reduce, so all stop after the same step. Elsewhere (startup,
+    compilation, warmup) it stops at once. A second Ctrl-C always stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.deferred = False
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+        if not self.deferred or (not first and signum == signal.SIGINT):
+            raise Interrupted(self.signum)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @staticmethod
+    def exit_code(signum: int) -> int:
+        return 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 @dataclass
@@ -1387,9 +1495,11 @@ def all_reduce_avg(t: Tensor, rt: Runtime, async_op: bool = False):
     return None
 
 
-def train_step(model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo: Optional[Snoo]) -> Tensor:
+def train_step(model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo: Optional[Snoo],
+               stop: bool = False) -> Tensor:
     """Forward/backward over this rank's micro-batches, average gradients over ranks, step everything.
-    Returns the rank-averaged training loss (a tensor, not synchronized)."""
+    Returns (training loss, stop flag) averaged over ranks, as a tensor that is not synchronized: a
+    flag above 0 means some rank was asked to stop."""
     loss = 0
     for inputs, targets in batch:
         micro = model(inputs, targets, window) / len(batch)
@@ -1398,7 +1508,8 @@ def train_step(model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo
     # all-reduce per parameter as soon as backward ends; each optimizer waits only for its own
     handles = {opt: [all_reduce_avg(p.grad, rt, async_op=True) for g in opt.param_groups for p in g["params"]]
                for opt in optimizers}
-    loss_handle = all_reduce_avg(loss, rt, async_op=True)
+    reported = torch.stack([loss, torch.full_like(loss, float(stop))])
+    report_handle = all_reduce_avg(reported, rt, async_op=True)
     for opt in optimizers:
         for h in handles[opt]:
             if h is not None:
@@ -1407,9 +1518,9 @@ def train_step(model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo
     if snoo:
         snoo.step()
     model.zero_grad(set_to_none=True)
-    if loss_handle is not None:
-        loss_handle.wait()
-    return loss
+    if report_handle is not None:
+        report_handle.wait()
+    return reported
 
 
 @torch.no_grad()
@@ -1520,12 +1631,19 @@ def open_run_log(args: Hyperparameters, rt: Runtime) -> RunLog:
     return log
 
 
-def run(args: Hyperparameters, rt: Runtime) -> int:
+def warmup_description(compiled_model: bool, compiled_update: bool, ns_impl: str) -> str:
+    """What the kernel warmup did on this device, for its log line."""
+    done = (["compiled the model"] if compiled_model else []) + (["compiled Muon's update"] if compiled_update else [])
+    done += ["autotuned the Triton kernels"] if ns_impl == "triton" else []
+    return ", ".join(done) if done else "nothing to compile: every kernel is eager"
+
+
+def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
+    # Everything that can fail on the user's input or this machine happens before any file is created.
     check_data(args, rt.world_size)
     if args.seed is None:
         args.seed = secrets.randbits(31)
     torch.manual_seed(args.seed)
-
     on_cuda = rt.device.type == "cuda"
     model = build_model(args, attention="flex" if on_cuda else "dense").to(rt.device)
     if rt.world_size > 1:
@@ -1535,8 +1653,38 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
     optimizers = [adam, muon]
     newton_schulz = choose_newton_schulz(args.ns_impl, rt, [tuple(g["params"][0].shape) for g in muon.param_groups])
     muon.set_ns_impl(newton_schulz["used"])
+
     log = open_run_log(args, rt)
     log.summary["newton_schulz"] = newton_schulz
+    status = "failed"
+    try:
+        status = train(args, rt, stopper, log, model, optimizers, snoo)
+    except Diverged as e:
+        log.write(f"DIVERGED {e}; run stopped.", console=True)
+        status = "diverged"
+    except Interrupted as e:
+        log.write(f"INTERRUPTED by {e} after step {log.summary['steps_done']}; run stopped.", console=True)
+        status = "interrupted"
+    except Exception as e:
+        if not stopper.requested:
+            log.write(f"FAILED {describe_error(e)}")
+            raise
+        # a rank that stopped first broke a collective of this one: interrupted as well
+        log.write(f"INTERRUPTED by {signal.Signals(stopper.signum).name} after step {log.summary['steps_done']}; "
+                  f"run stopped ({describe_error(e)}).", console=True)
+        status = "interrupted"
+    finally:
+        log.finish(status)
+    if status == "interrupted":
+        return Stopper.exit_code(stopper.signum)
+    return EXIT_DIVERGED if status == "diverged" else 0
+
+
+def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, model: GPT, optimizers: list,
+          snoo: Optional[Snoo]) -> str:
+    """The logged part of a run: header, kernel warmup, training and validation. Returns the status."""
+    on_cuda = rt.device.type == "cuda"
+    muon = next(opt for opt in optimizers if isinstance(opt, Muon))
     compiled = model
     if on_cuda and args.compile:
         import torch._inductor.config as inductor_config
@@ -1548,7 +1696,7 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
         log.set_header(Path(__file__).read_text(encoding="utf-8"),
                        environment_info(rt.device, rt.world_size, muon.ns_impl), asdict(args))
     log.write(f"parameters: {sum(p.numel() for p in model.parameters()):,}", console=True)
-    log.write(newton_schulz_line(newton_schulz), console=True)
+    log.write(newton_schulz_line(log.summary["newton_schulz"]), console=True)
 
     windows: dict[int, Tensor] = {}  # one device tensor per window size: no host-to-device copy per step
 
@@ -1571,8 +1719,9 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
         restore(saved, model, optimizers, snoo)
         del saved
         rt.synchronize()
+        did = warmup_description(compiled is not model, muon.compiled, muon.ns_impl)
         log.write(f"kernel warmup: {args.warmup_steps} steps in {time.perf_counter() - warmup_start:.1f}s "
-                  f"(compile and autotune; not on the clock)", console=True)
+                  f"({did}; not on the clock)", console=True)
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(rt.device)  # the warmup's saved state is not the run's
 
@@ -1580,49 +1729,47 @@ def run(args: Hyperparameters, rt: Runtime) -> int:
                                   args.seqs_per_step, rt.rank, rt.world_size, rt.device)
     N = args.num_iterations
     training_time_ms = 0.0
-    pending = None  # (step, loss on the host, ready event): read one step late so the GPU never idles
-    status = "failed"
-    try:
-        rt.barrier()
-        t0 = time.perf_counter()
-        for step in range(N + 1):
-            last = step == N
-            if last or (args.val_loss_every and step % args.val_loss_every == 0):
-                rt.barrier()
-                training_time_ms += 1000 * (time.perf_counter() - t0)
-                val_loss = evaluate(compiled, args, rt, window(step))
-                if not math.isfinite(val_loss):
-                    raise Diverged(f"at step {step}: non-finite validation loss {val_loss}")
-                log.log_val(step, N, val_loss, training_time_ms)
-                rt.barrier()
-                t0 = time.perf_counter()
-            if last:
-                break
-            set_schedules(step, args, optimizers)
-            loss = train_step(compiled, next(train_batches), window(step), rt, optimizers, snoo)
-            if pending is not None:
-                done, host_loss, ready = pending
-                if ready is not None:
-                    ready.synchronize()
-                if not math.isfinite(host_loss.item()):
-                    raise Diverged(f"at step {done}: non-finite train loss {host_loss.item()}")
-            pending = (step + 1, *rt.to_host(loss))
-            log.log_train(step + 1, N, training_time_ms + 1000 * (time.perf_counter() - t0))
-        if on_cuda:
-            log.log_memory(torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20)
-        if args.save_checkpoint and rt.master:
-            # every rank holds all weights (Muon all-gathers), so rank 0's copy is the model
-            with open(log.txt_path.with_suffix(".pt"), "xb") as f:
-                torch.save(dict(format=CHECKPOINT_FORMAT, model=model.state_dict(), hyperparameters=asdict(args),
-                                run_id=log.summary["run_id"], step=N), f)
-            log.write(f"checkpoint: {log.txt_path.with_suffix('.pt')}", console=True)
-        status = "finished"
-    except Diverged as e:
-        log.write(f"DIVERGED {e}; run stopped.", console=True)
-        status = "diverged"
-    finally:
-        log.finish(status)
-    return 0 if status == "finished" else 3
+    pending = None  # (step, loss and stop flag on the host, ready event): read one step late, the GPU never idles
+    stopper.deferred = True  # from here a signal stops the run after a whole step, on every rank alike
+    rt.barrier()
+    t0 = time.perf_counter()
+    for step in range(N + 1):
+        last = step == N
+        if last or (args.val_loss_every and step % args.val_loss_every == 0):
+            rt.barrier()
+            training_time_ms += 1000 * (time.perf_counter() - t0)
+            val_loss = evaluate(compiled, args, rt, window(step))
+            if not math.isfinite(val_loss):
+                raise Diverged(f"at step {step}: non-finite validation loss {val_loss}")
+            log.log_val(step, N, val_loss, training_time_ms)
+            rt.barrier()
+            t0 = time.perf_counter()
+        if last:
+            break
+        set_schedules(step, args, optimizers)
+        reported = train_step(compiled, next(train_batches), window(step), rt, optimizers, snoo, stopper.requested)
+        if pending is not None:
+            done, host, ready = pending
+            if ready is not None:
+                ready.synchronize()
+            loss, stop = host.tolist()
+            if not math.isfinite(loss):
+                raise Diverged(f"at step {done}: non-finite train loss {loss}")
+            if stop > 0:
+                log.log_train(step + 1, N, training_time_ms + 1000 * (time.perf_counter() - t0))
+                stopper.signum = stopper.signum or signal.SIGTERM  # another rank's signal
+                raise Interrupted(stopper.signum)
+        pending = (step + 1, *rt.to_host(reported))
+        log.log_train(step + 1, N, training_time_ms + 1000 * (time.perf_counter() - t0))
+    if on_cuda:
+        log.log_memory(torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20)
+    if args.save_checkpoint and rt.master:
+        # every rank holds all weights (Muon all-gathers), so rank 0's copy is the model
+        with open(log.txt_path.with_suffix(".pt"), "xb") as f:
+            torch.save(dict(format=CHECKPOINT_FORMAT, model=model.state_dict(), hyperparameters=asdict(args),
+                            run_id=log.summary["run_id"], step=N), f)
+        log.write(f"checkpoint: {log.txt_path.with_suffix('.pt')}", console=True)
+    return "finished"
 
 
 def main(argv: list[str]) -> int:
@@ -1631,20 +1778,33 @@ def main(argv: list[str]) -> int:
         return 0
     # The record's allocator setting (less fragmentation); an explicit setting in the environment wins.
     os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+    stopper = Stopper()
+    stopper.install()
     rt = None
     try:
         args = parse_args(argv)
         rt = resolve_runtime(args)
+        if rt.device.type == "cpu" and rt.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
+            # Processes sharing CPU cores slow each other down 20x when each spins several OpenMP threads.
+            torch.set_num_threads(1)
         if rt.world_size > 1:
             if rt.device.type == "cuda":
                 torch.cuda.set_device(rt.device)
             dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo", device_id=(
                 rt.device if rt.device.type == "cuda" else None))
-        return run(args, rt)
+        return run(args, rt, stopper)
     except UserError as e:
         if rt is None or rt.master:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except Interrupted as e:
+        if rt is None or rt.master:
+            print(f"interrupted by {e} before the run started; nothing was written.", file=sys.stderr, flush=True)
+        return Stopper.exit_code(e.signum)
+    except Exception:
+        if stopper.requested:  # a peer that stopped first broke a collective: this rank was interrupted too
+            return Stopper.exit_code(stopper.signum)
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
