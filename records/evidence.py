@@ -23,9 +23,11 @@ import json
 import math
 import os
 import re
+import secrets
 import sys
 import warnings
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 from scipy import stats
@@ -43,10 +45,20 @@ MS_PER_MINUTE = 60_000
 POWER_GRID = tuple(range(5, 81, 5))
 POWER_SHOWN = (10, 20, 40, 80)
 POWER_GOAL = 0.9
-ZOOM_ABOVE_TARGET = 0.05  # the plot's inset shows val losses up to target + this
+# Below this many runs the t-intervals and the bootstrap rest on too little to decide anything: the outputs
+# say so (the numbers stay in the JSON).
+FEW_RUNS = 5
+ZOOM_ABOVE_TARGET = 0.05  # the plot's zoom panel shows val losses up to target + this
+# Figure geometry (inches, dots per inch) and the final-loss panel's layout, as fractions of its x span.
+PANEL_WIDTH, PANEL_HEIGHT, FIGURE_DPI = 5.6, 4.8, 110
+FINALS_MIN_SPAN = 1e-3  # x span of the final-loss panel when all runs share one value
+SINGLE_BIN_FRACTION = 0.05  # width of the one bar of identical values
+FINALS_PAD = 0.08
+RUG_Y = 0.03  # height of the per-run ticks, in axes coordinates
 
 RUN_FORMAT = "speedrun-run/"  # prefix of the "format" field of train_gpt.py's summaries
 REPORT_FORMAT = "speedrun-evidence/1"  # this script's --json output, ignored when found in folders
+COMPARE_FORMAT = "speedrun-compare/1"  # compare.py's --json output, ignored likewise
 LOG_SUFFIXES = (".txt", ".log")
 SEPARATOR = b"=" * 100 + b"\n"  # ends the script source at the top of every log
 
@@ -59,6 +71,13 @@ _VAL_LINE = re.compile(
     rb"\nstep:(\d+)/(\d+) val_loss:(" + _NUM + rb") train_time:(\d+(?:\.\d+)?)ms step_avg:" + _NUM + rb"ms(?=\r?\n|\Z)"
 )
 _STEP_START = re.compile(rb"step:(\d+)/(\d+) ")
+_MEMORY_PREFIX = b"\npeak memory allocated: "
+_MEMORY_LINE = re.compile(re.escape(_MEMORY_PREFIX) + rb"(\d+(?:\.\d+)?) MiB reserved: (\d+(?:\.\d+)?) MiB(?=\r?\n|\Z)")
+DRIFT_KEYS = ("relative_distance", "cosine")  # per parameter group in a val_losses entry's "weight_drift"
+
+# Why a file yields no run (Skip.kind), so that compare.py can count skipped runs by kind. A summary whose
+# status is not "finished" gives its status instead ("diverged", "failed", "interrupted").
+DIVERGED, UNFINISHED, NOT_FINITE, NOT_A_RUN = "diverged", "unfinished", "not finite", "not a run"
 
 
 class EvidenceError(Exception):
@@ -72,12 +91,27 @@ class Run:
     train_time_ms: float
     num_iterations: int
     curve: np.ndarray  # (k, 2): train_time_ms, val_loss of every validation
+    val_steps: np.ndarray  # (k,): the step of each validation
+    peak_memory_mib: float | None = None  # peak allocated memory; None when not logged (CPU runs)
+    hyperparameters: dict = dataclasses.field(default_factory=dict)  # from the summary; empty for a log alone
+    # Per validation (aligned with curve): {group: {"relative_distance": x, "cosine": y}} or None; empty
+    # when no validation of the run carries weight-drift diagnostics.
+    weight_drift: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """Why a file yields no run: its kind (see DIVERGED...) and a sentence for the reader."""
+
+    kind: str
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Skip:
     file: Path
     reason: str
+    kind: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +162,8 @@ def _read_bytes(path: Path) -> bytes:
         raise EvidenceError(f"cannot read {path}: {e.strerror or e}.") from None
 
 
-def read_log(path: Path) -> Run | str:
-    """The run in a text log, or the reason it does not count."""
+def read_log(path: Path) -> Run | Rejected:
+    """The run in a text log, or why it does not count."""
     text = _read_bytes(path)
     # Step lines follow the first separator; lines before it are the script's own source.
     sep = text.find(SEPARATOR)
@@ -142,7 +176,7 @@ def read_log(path: Path) -> Run | str:
     diverged = body.find(b"\nDIVERGED")
     if diverged >= 0:
         line = body[diverged + 1 :].split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
-        return f"run diverged ({line})"
+        return Rejected(DIVERGED, f"run diverged ({line})")
     final = None
     for step, total, loss, ms in reversed(vals):
         if step == total:
@@ -151,13 +185,20 @@ def read_log(path: Path) -> Run | str:
     if final is None:
         last = _last_step(body)
         if last is None:
-            return "not a training log (no step lines)"
-        return f"no final val line (log ends at step {last[0]}/{last[1]}: unfinished or truncated run)"
+            return Rejected(NOT_A_RUN, "not a training log (no step lines)")
+        return Rejected(
+            UNFINISHED, f"no final val line (log ends at step {last[0]}/{last[1]}: unfinished or truncated run)"
+        )
     total, loss, ms = final
     if not math.isfinite(loss):
-        return f"final val loss is {loss}"
-    curve = np.array([(float(v[3]), float(v[2])) for v in vals if int(v[1]) == total], dtype=float)
-    return Run(path, loss, ms, total, curve)
+        return Rejected(NOT_FINITE, f"final val loss is {loss}")
+    own = [v for v in vals if int(v[1]) == total]
+    curve = np.array([(float(v[3]), float(v[2])) for v in own], dtype=float)
+    # The memory line ends the log: searching back from the end is far cheaper than a regex over all of it.
+    at = body.rfind(_MEMORY_PREFIX)
+    memory = _MEMORY_LINE.match(body, at) if at >= 0 else None
+    peak = float(memory[1]) if memory else None
+    return Run(path, loss, ms, total, curve, np.array([int(v[0]) for v in own]), peak)
 
 
 def _last_step(body: bytes) -> tuple[int, int] | None:
@@ -172,7 +213,7 @@ def _last_step(body: bytes) -> tuple[int, int] | None:
     return None
 
 
-def read_summary(path: Path) -> Run | str | Unusable:
+def read_summary(path: Path) -> Run | Rejected | Unusable:
     """The run in a JSON summary, the reason the run does not count, or why the file is no summary."""
     raw = _read_bytes(path)
     try:
@@ -180,8 +221,8 @@ def read_summary(path: Path) -> Run | str | Unusable:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return Unusable("empty file" if not raw.strip() else f"truncated or invalid JSON ({e})")
     fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt == REPORT_FORMAT:
-        return Unusable("an evidence.py report", quiet=True)
+    if fmt in (REPORT_FORMAT, COMPARE_FORMAT):
+        return Unusable("a report of records/ tools", quiet=True)
     if not isinstance(fmt, str) or not fmt.startswith(RUN_FORMAT):
         return Unusable(
             "not a run summary (no 'format' field)" if fmt is None else f"not a run summary (format {fmt!r})"
@@ -190,22 +231,54 @@ def read_summary(path: Path) -> Run | str | Unusable:
         return Unusable(f"unsupported summary format {fmt!r} (this script reads {RUN_FORMAT}1)")
     status = data.get("status")
     if status != "finished":
-        return f"status {status!r}, only finished runs count"
+        # A killed run's summary keeps the status it had while running.
+        kind = UNFINISHED if status == "running" else status if isinstance(status, str) and status else NOT_A_RUN
+        return Rejected(kind, f"status {status!r}, only finished runs count")
     total = data.get("num_iterations")
     loss = data.get("final_val_loss")
     ms = data.get("train_time_ms")
     if not (isinstance(total, int) and total > 0):
-        return f"malformed summary: num_iterations is {total!r}"
+        return Rejected(NOT_A_RUN, f"malformed summary: num_iterations is {total!r}")
     if not isinstance(loss, (int, float)) or not isinstance(ms, (int, float)):
-        return f"malformed summary: final_val_loss {loss!r}, train_time_ms {ms!r}"
+        return Rejected(NOT_A_RUN, f"malformed summary: final_val_loss {loss!r}, train_time_ms {ms!r}")
     if not math.isfinite(loss):
-        return f"final val loss is {loss}"
-    points = []
+        return Rejected(NOT_FINITE, f"final val loss is {loss}")
+    points, steps, drift = [], [], []
     for v in data.get("val_losses") or []:
-        if isinstance(v, dict) and all(isinstance(v.get(k), (int, float)) for k in ("val_loss", "train_time_ms")):
+        if isinstance(v, dict) and _numbers(v, ("val_loss", "train_time_ms")) and type(v.get("step")) is int:
             points.append((float(v["train_time_ms"]), float(v["val_loss"])))
+            steps.append(v["step"])
+            drift.append(_drift(v.get("weight_drift")))
     curve = np.array(points, dtype=float).reshape(-1, 2)
-    return Run(path, float(loss), float(ms), total, curve)
+    memory = data.get("peak_memory_allocated_mib")
+    hyperparameters = data.get("hyperparameters")
+    return Run(
+        path,
+        float(loss),
+        float(ms),
+        total,
+        curve,
+        np.array(steps, dtype=int),
+        float(memory) if _numbers(data, ("peak_memory_allocated_mib",)) else None,
+        hyperparameters if isinstance(hyperparameters, dict) else {},
+        tuple(drift) if any(drift) else (),
+    )
+
+
+def _numbers(d: dict, keys: tuple[str, ...]) -> bool:
+    return all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) for k in keys)
+
+
+def _drift(raw) -> dict | None:
+    """The well-formed groups of a validation's weight-drift diagnostics; malformed groups are left out."""
+    if not isinstance(raw, dict):
+        return None
+    groups = {
+        str(group): {k: float(values[k]) for k in DRIFT_KEYS}
+        for group, values in raw.items()
+        if isinstance(values, dict) and _numbers(values, DRIFT_KEYS)
+    }
+    return groups or None
 
 
 def load(paths: list[str]) -> Loaded:
@@ -226,7 +299,7 @@ def load(paths: list[str]) -> Loaded:
             if log is None and result.quiet:
                 continue
             if log is None:
-                result = result.reason
+                result = Rejected(NOT_A_RUN, result.reason)
             else:
                 if not result.quiet:
                     loaded.notes.append(f"warning: ignored {summary}: {result.reason}; using {log}")
@@ -238,7 +311,7 @@ def load(paths: list[str]) -> Loaded:
         if isinstance(result, Run):
             loaded.runs.append(result)
         else:
-            loaded.skips.append(Skip(log if log is not None else summary, result))
+            loaded.skips.append(Skip(log if log is not None else summary, result.reason, result.kind))
     return loaded
 
 
@@ -350,12 +423,31 @@ def _steps(runs: list[Run]) -> int | list[int]:
     return distinct[0] if len(distinct) == 1 else distinct
 
 
+def few_runs_note(n: int) -> str | None:
+    """The warning that goes with every output of a batch too small to decide on, or None."""
+    if n >= FEW_RUNS:
+        return None
+    return (
+        f"only {_runs(n)}: with fewer than {FEW_RUNS} the {CONFIDENCE_TEXT} intervals and p-values, and all that is "
+        "resampled from the runs, mean little (a time interval may even reach below zero); run more before deciding"
+    )
+
+
+def time_interval_shown(ci: list[float] | None) -> bool:
+    """An interval of a time is printed only when there is one and it stays at or above zero: one reaching
+    below zero (a handful of runs with a wide spread) says nothing about a duration."""
+    return ci is not None and ci[0] >= 0
+
+
 def _describe_set(loaded: Loaded, target: float) -> dict:
     loss, minutes, per_step = _arrays(loaded.runs)
     train, step = describe_time(minutes, per_step)
+    n = len(loaded.runs)
     return {
-        "n": len(loaded.runs),
+        "n": n,
         "skipped": len(loaded.skips),
+        "few_runs": n < FEW_RUNS,
+        "note": few_runs_note(n),
         "val_loss": describe_val_loss(loss, target),
         "train_time_min": train,
         "ms_per_step": step,
@@ -379,7 +471,8 @@ def analyse(
     """The report (as written by --json) and the bootstrap p-values behind it."""
     described = _describe_set(loaded, target)
     loss = _arrays(loaded.runs)[0]
-    report = {"format": REPORT_FORMAT, "n": described["n"], "skipped": described["skipped"], "target": target}
+    report = {key: described[key] for key in ("n", "skipped", "few_runs", "note")}
+    report = {"format": REPORT_FORMAT, **report, "target": target}
     report["val_loss"] = described["val_loss"]
     pvalues = np.array([])
     boot = {
@@ -419,7 +512,7 @@ def analyse(
 # ------------------------------------------------------------------------------------- rendering
 
 
-def _p(p: float | None) -> str:
+def format_p(p: float | None) -> str:
     # The speedrun prints six decimals; tiny p-values keep their magnitude instead of reading 0.
     if p is None:
         return "undefined (no variation)"
@@ -441,17 +534,16 @@ def _too_few(n: int) -> str:
 def render_text(report: dict) -> str:
     v, b, t, s = report["val_loss"], report["bootstrap"], report["train_time_min"], report["ms_per_step"]
     n = report["n"]
-    lines = [
-        f"Processed {_runs(n)} ({report['skipped']} skipped).",
-        "--- Val Loss Stats ---",
-        f"mean: \t{v['mean']:.6f}",
-    ]
+    lines = [f"Processed {_runs(n)} ({report['skipped']} skipped)."]
+    if n > 1 and report["note"]:  # a single run gets its own line below
+        lines.append(f"note: {report['note']}.")
+    lines += ["--- Val Loss Stats ---", f"mean: \t{v['mean']:.6f}"]
     if n > 1:
         lo, hi = v["ci99"]
         lines += [
             f"std:  \t{v['std']:.6f}",
             f"val loss {CONFIDENCE_TEXT} confidence interval: ({lo:.6f} - {hi:.6f})",
-            f"val_loss t-test p={_p(v['pvalue'])} (small means <{report['target']:g})",
+            f"val_loss t-test p={format_p(v['pvalue'])} (small means <{report['target']:g})",
             "",
             f"--- Bootstrap p-value analysis ({b['samples']} samples of size {b['size']} each) ---",
             f"Mean p-value: {b['mean_p']:.6f}",
@@ -461,8 +553,8 @@ def render_text(report: dict) -> str:
             "",
             "--- Training Time Stats ---",
             f"train time (minutes): mean={t['mean']:.4f}, std={t['std']:.4f}",
-            "train time {} confidence interval: ({:.4f} - {:.4f})".format(CONFIDENCE_TEXT, *t["ci99"]),
-            _ms_line(s),
+            f"train time {CONFIDENCE_TEXT} confidence interval: {_time_interval(t['ci99'], n)}",
+            _ms_line(s, n),
         ]
         lines += _render_power(report["power"], n)
     else:
@@ -478,9 +570,15 @@ def render_text(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ms_line(s: dict) -> str:
-    return "avg ms per iteration: {:.4f}. {} confidence interval: ({:.4f} - {:.4f})".format(
-        s["mean"], CONFIDENCE_TEXT, *s["ci99"])
+def _time_interval(ci: list[float], n: int) -> str:
+    if time_interval_shown(ci):
+        return "({:.4f} - {:.4f})".format(*ci)
+    return f"not shown: with {_runs(n)} it reaches below zero"
+
+
+def _ms_line(s: dict, n: int) -> str:
+    interval = _time_interval(s["ci99"], n)
+    return f"avg ms per iteration: {s['mean']:.4f}. {CONFIDENCE_TEXT} confidence interval: {interval}"
 
 
 def _render_power(power: dict, n: int) -> list[str]:
@@ -504,15 +602,16 @@ def _render_baseline(report: dict) -> list[str]:
     v, t, s = base["val_loss"], base["train_time_min"], base["ms_per_step"]
     lines = ["", f"--- Baseline: {_runs(base['n'])} ({base['skipped']} skipped) ---"]
     if base["n"] > 1:
+        if base["note"]:
+            lines.append(f"note: {base['note']}.")
         lines += [
             "val loss: mean={:.6f}, std={:.6f}, {} confidence interval: ({:.6f} - {:.6f})".format(
                 v["mean"], v["std"], CONFIDENCE_TEXT, *v["ci99"]
             ),
-            f"val_loss t-test p={_p(v['pvalue'])} (small means <{report['target']:g})",
-            "train time (minutes): mean={:.4f}, std={:.4f}, {} confidence interval: ({:.4f} - {:.4f})".format(
-                t["mean"], t["std"], CONFIDENCE_TEXT, *t["ci99"]
-            ),
-            _ms_line(s),
+            f"val_loss t-test p={format_p(v['pvalue'])} (small means <{report['target']:g})",
+            f"train time (minutes): mean={t['mean']:.4f}, std={t['std']:.4f}, "
+            f"{CONFIDENCE_TEXT} confidence interval: {_time_interval(t['ci99'], base['n'])}",
+            _ms_line(s, base["n"]),
         ]
     else:
         lines += [
@@ -531,7 +630,7 @@ def _render_baseline(report: dict) -> list[str]:
     ]:
         lo, hi = (_num(x, spec) for x in c["ci99"])
         lines.append(f"{label}: {c['diff']:{spec}}, {CONFIDENCE_TEXT} confidence interval: {lo} to {hi}, "
-                     f"p={_p(c['pvalue'])}")
+                     f"p={format_p(c['pvalue'])}")
     return lines
 
 
@@ -548,7 +647,7 @@ def render_markdown(report: dict, markdown_path: Path, plot_path: Path | None, c
     v, t, s, n = report["val_loss"], report["train_time_min"], report["ms_per_step"], report["n"]
     power = {row["n"]: row["frac_below_0_01"] for row in report["power"]["table"]} if report["power"] else {}
     passing = f"{100 * power[DEFAULT_SAMPLE_SIZE]:.1f}%" if DEFAULT_SAMPLE_SIZE in power else "n/a"
-    p = _p(v["pvalue"]) if v["pvalue"] is not None else "n/a"
+    p = format_p(v["pvalue"]) if v["pvalue"] is not None else "n/a"
     lines = [
         "## Evidence",
         "",
@@ -561,6 +660,9 @@ def render_markdown(report: dict, markdown_path: Path, plot_path: Path | None, c
         f"| {t['mean']:.4f} | {s['mean']:.2f} |",
         "",
     ]
+    for who, note in (("", report["note"]), ("Baseline: ", report.get("baseline", {}).get("note"))):
+        if note:
+            lines += [f"> **Note:** {who}{note}.", ""]
     if plot_path is not None:
         lines += [f"![val loss, final losses and bootstrap p-values]({_rel(str(plot_path), folder)})", ""]
     lines += ["```text", render_text(report).rstrip("\n"), "```", ""]
@@ -583,59 +685,153 @@ def _md_runs(title: str, described: dict, folder: Path) -> list[str]:
     return lines
 
 
-def plot(path: Path, report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Run] | None) -> None:
+def import_figure(option: str = "--plot"):
+    """matplotlib's Figure class, imported only when a figure is asked for.
+
+    Any exception counts, not only ImportError: a broken install (a wrong numpy, a missing shared library)
+    fails in other ways, and the message must show the real cause rather than claim it is not installed.
+    """
     try:
         from matplotlib.figure import Figure
-    except ImportError:
+    except Exception as e:  # noqa: BLE001 (see above)
         raise EvidenceError(
-            "--plot needs matplotlib, which is not installed: pip install matplotlib (or leave out --plot)."
+            f"{option} needs matplotlib, and importing it failed: {type(e).__name__}: {e}. Install it "
+            f"(pip install matplotlib) or repair the installation, or leave out {option}."
         ) from None
+    return Figure
 
-    fig = Figure(figsize=(17, 4.8), layout="constrained")
-    curves, finals, boot = fig.subplots(1, 3)
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temporary file beside `path`, then rename it over `path`: a crash or a full disk never
+    leaves half a file where the user expects a whole one."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    created = False
+    try:
+        with open(tmp, "xb") as f:
+            created = True
+            write(f)
+        os.replace(tmp, path)
+        created = False
+    except OSError as e:
+        raise EvidenceError(f"cannot write {path}: {e.strerror or e}.") from None
+    except ValueError as e:  # matplotlib: a file type it cannot write
+        raise EvidenceError(f"cannot write {path}: {e}") from None
+    finally:
+        if created:
+            tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig, path: Path) -> None:
+    # A file object carries no name, so the format comes from the path's suffix (png when there is none).
+    fmt = path.suffix[1:].lower() or "png"
+    write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=FIGURE_DPI))
+
+
+def final_loss_bins(values: np.ndarray, single_width: float) -> np.ndarray:
+    """Histogram edges from the values' own spread, so that distinct values show as distinct bars.
+
+    The width is numpy's "auto" width of the values alone: stretching the range to reach the target put
+    small batches into one bar. The bins are centred on the lowest value, so values at least one width
+    apart never share a bin, and two values (width = half their distance) get two bars with an empty bin
+    between them instead of two touching bars that read as one. All values equal: one bin of
+    `single_width` (numpy would make it 1.0 wide). The rug under the histogram shows every run anyway.
+    """
+    distinct = np.unique(values)
+    if len(distinct) == 1:
+        return distinct[0] + np.array([-0.5, 0.5]) * single_width
+    spread = distinct[-1] - distinct[0]
+    width = np.diff(np.histogram_bin_edges(values, bins="auto"))[0]
+    count = int(np.floor(spread / width + 0.5)) + 1
+    return distinct[0] + width * (np.arange(count + 1) - 0.5)
+
+
+def degenerate_pvalues_text(pvalues: np.ndarray) -> str | None:
+    """What to write in the bootstrap panel when every p-value is the same (a histogram would be empty)."""
+    if not len(pvalues) or np.ptp(pvalues) > 0:
+        return None
+    p = float(pvalues[0])
+    verdict = "every sample passes" if p < ALPHA else "no sample passes"
+    return f"all {len(pvalues)} bootstrap p-values are {p:g}:\n{verdict} (p < {ALPHA_TEXT})"
+
+
+def figure(report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Run] | None):
+    """The --plot figure: val loss curves, a zoom on the end when some run gets near the target, the final
+    losses (histogram and one tick per run) and the bootstrap p-values."""
+    Figure = import_figure()
     target = report["target"]
-
-    # The whole curves span ~11 down to the target; the inset zooms on the end, where runs differ.
-    zoom = curves.inset_axes([0.35, 0.3, 0.6, 0.6])
+    limit = target + ZOOM_ABOVE_TARGET
     sets = [(baseline or [], dict(color="0.6", lw=0.7, alpha=0.5)), (runs, dict(color="C0", lw=0.7, alpha=0.5))]
+    # The whole curves span ~11 down to the target: the zoom shows the end, where runs differ. It is its own
+    # panel (an inset covers the curves of small or slow batches) and only there when it has points.
+    zoomed = any(np.any(r.curve[:, 1] <= limit) for group, _ in sets for r in group)
+    fig = Figure(figsize=(PANEL_WIDTH * (4 if zoomed else 3), PANEL_HEIGHT), layout="constrained")
+    axes = list(fig.subplots(1, 4 if zoomed else 3))
+    curves, zoom = axes[0], axes[1] if zoomed else None
+    finals, boot = axes[-2:]
+
     for group, style in sets:
         for r in group:
             marker = "." if len(r.curve) == 1 else None
             curves.plot(r.curve[:, 0] / MS_PER_MINUTE, r.curve[:, 1], marker=marker, **style)
-            late = r.curve[r.curve[:, 1] <= target + ZOOM_ABOVE_TARGET]
-            zoom.plot(late[:, 0] / MS_PER_MINUTE, late[:, 1], marker=marker, **style)
-    for ax in (curves, zoom):
-        ax.axhline(target, color="C3", ls="--", lw=1, label=f"target {target:g}")
-    zoom.set_title(f"val loss below {target + ZOOM_ABOVE_TARGET:g}", fontsize="small")
-    zoom.tick_params(labelsize="small")
-    curves.set(
-        xlabel="training time (min)",
-        ylabel="val loss",
-        title="Val loss of every run" + (" (grey: baseline)" if baseline else ""),
-    )
-    curves.legend(loc="lower left")
+            late = r.curve[r.curve[:, 1] <= limit]
+            if zoom is not None and len(late):
+                zoom.plot(late[:, 0] / MS_PER_MINUTE, late[:, 1], marker="." if len(late) == 1 else None, **style)
+    # The target line would squash the curves of runs far from it (CPU toy runs): it is drawn when some run
+    # gets near it, or when it lies within the curves' range anyway.
+    losses = np.concatenate([r.curve[:, 1] for group, _ in sets for r in group])
+    losses = losses[np.isfinite(losses)]
+    show_target = zoomed or (len(losses) > 0 and losses.min() <= target <= losses.max())
+    for ax in [curves] + ([zoom] if zoom is not None else []):
+        if show_target:
+            ax.axhline(target, color="C3", ls="--", lw=1, label=f"target {target:g}")
+        ax.set(xlabel="training time (min)", ylabel="val loss")
+    title = "Val loss of every run" + (" (grey: baseline)" if baseline else "")
+    if not zoomed:
+        title += f"\nnone below {limit:g}, so no zoom panel" + ("" if show_target else f" (target {target:g})")
+    curves.set_title(title)
+    if show_target:
+        curves.legend(loc="upper right")
+    if zoom is not None:
+        zoom.set_title(f"Zoom: val loss below {limit:g}")
 
     loss = np.array([r.final_val_loss for r in runs])
     base_loss = np.array([r.final_val_loss for r in baseline or []])
-    bins = np.histogram_bin_edges(np.concatenate([loss, base_loss, [target]]), bins="auto")
+    every = np.concatenate([loss, base_loss])
+    lo, hi = float(every.min()), float(every.max())
+    if abs(target - np.clip(target, lo, hi)) <= ZOOM_ABOVE_TARGET:  # the target is near enough to show
+        lo, hi = min(lo, target), max(hi, target)
+    span = max(hi - lo, FINALS_MIN_SPAN)
+    bins = final_loss_bins(every, span * SINGLE_BIN_FRACTION)
     if report["val_loss"]["ci99"] is not None:
-        lo, hi = report["val_loss"]["ci99"]
-        finals.axvspan(lo, hi, color="C1", alpha=0.25, zorder=0, label=f"{CONFIDENCE_TEXT} interval of the mean")
+        ci_lo, ci_hi = report["val_loss"]["ci99"]
+        finals.axvspan(ci_lo, ci_hi, color="C1", alpha=0.25, zorder=0, label=f"{CONFIDENCE_TEXT} interval of the mean")
     if len(base_loss):
-        finals.hist(base_loss, bins=bins, color="0.6", alpha=0.6, label="baseline")
-    finals.hist(loss, bins=bins, color="C0", alpha=0.7, label="runs")
-    finals.axvline(target, color="C3", ls="--", lw=1.5, label=f"target {target:g}")
-    finals.set(xlabel="final val loss", ylabel="runs", title=f"Final val loss ({_runs(len(loss))})")
-    finals.legend()
+        finals.hist(base_loss, bins=bins, color="0.6", alpha=0.6, ec="white", lw=0.5, label="baseline")
+    finals.hist(loss, bins=bins, color="C0", alpha=0.7, ec="white", lw=0.5, label="runs")
+    # A tick per run along the bottom (a rug): identical or close values that share a bar still show apart.
+    rug = finals.get_xaxis_transform()
+    if len(base_loss):
+        finals.plot(base_loss, np.full(len(base_loss), RUG_Y), "|", color="0.4", ms=14, transform=rug)
+    finals.plot(loss, np.full(len(loss), RUG_Y), "|", color="C0", ms=14, mew=1.5, transform=rug, label="one run")
+    if lo <= target <= hi:
+        finals.axvline(target, color="C3", ls="--", lw=1.5, label=f"target {target:g}")
+    finals.set_xlim(lo - span * FINALS_PAD, hi + span * FINALS_PAD)
+    title = f"Final val loss ({_runs(len(loss))})" + ("" if lo <= target <= hi else f"\ntarget {target:g} off the axis")
+    finals.set(xlabel="final val loss", ylabel="runs", title=title)
+    finals.legend(fontsize="small")
 
-    if len(pvalues):
+    b = report["bootstrap"]
+    degenerate = degenerate_pvalues_text(pvalues)
+    if degenerate is not None:
+        boot.text(0.5, 0.5, degenerate, ha="center", va="center", transform=boot.transAxes)
+        boot.set_title(f"Bootstrap p-values ({b['samples']} samples of {b['size']} runs)")
+        boot.set(xticks=[], yticks=[])
+    elif len(pvalues):
         floor = 1e-16  # p-values of 0 (zero-variance resamples) are drawn at the left edge
         clipped = np.clip(pvalues, floor, 1)
-        bins = np.logspace(np.log10(clipped.min()), 0, 40)
-        boot.hist(clipped, bins=bins, color="C2")
+        boot.hist(clipped, bins=np.logspace(np.log10(clipped.min()), 0, 40), color="C2")
         boot.set_xscale("log")
         boot.axvline(ALPHA, color="C3", ls="--", lw=1.5, label=f"p = {ALPHA_TEXT}")
-        b = report["bootstrap"]
         boot.set_title(
             f"Bootstrap p-values ({b['samples']} samples of {b['size']} runs): "
             f"{100 * b['frac_below_0_01']:.1f}% < {ALPHA_TEXT}"
@@ -644,11 +840,18 @@ def plot(path: Path, report: dict, runs: list[Run], pvalues: np.ndarray, baselin
     else:
         boot.text(0.5, 0.5, "the bootstrap needs at least 2 runs", ha="center", va="center", transform=boot.transAxes)
         boot.set_title("Bootstrap p-values")
+        boot.set(xticks=[], yticks=[])
+    if report["note"] and len(runs) > 1:
+        boot.set_title(f"{boot.get_title()}\nonly {_runs(len(runs))}: these figures mean little")
     boot.set(xlabel="p-value", ylabel="samples")
-    try:
-        fig.savefig(path, dpi=110)
-    except (OSError, ValueError) as e:  # ValueError: a file type matplotlib cannot write
-        raise EvidenceError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}.") from None
+    return fig
+
+
+def plot(path: Path, report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Run] | None):
+    """Write the figure to `path` and return it (tests read its axes)."""
+    fig = figure(report, runs, pvalues, baseline)
+    save_figure(fig, path)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -732,7 +935,7 @@ def _check_output(path: Path | None, force: bool, option: str) -> None:
         raise EvidenceError(f"{option} {path}: the folder {path.parent} does not exist.")
 
 
-def _load_checked(paths: list[str], what: str) -> Loaded:
+def load_checked(paths: list[str], what: str) -> Loaded:
     loaded = load(paths)
     for note in loaded.notes:
         print(note, file=sys.stderr)
@@ -764,18 +967,15 @@ def main(argv: list[str] | None = None) -> int:
         _check_output(args.plot, args.force, "--plot")
         if args.markdown is not None and args.plot is not None and args.markdown.resolve() == args.plot.resolve():
             raise EvidenceError("--markdown and --plot name the same file.")
-        loaded = _load_checked(args.paths, "submission")
-        baseline = _load_checked(args.baseline, "baseline") if args.baseline else None
+        loaded = load_checked(args.paths, "submission")
+        baseline = load_checked(args.baseline, "baseline") if args.baseline else None
         report, pvalues = analyse(loaded, args.target, args.bootstrap, args.sample_size, args.seed, baseline)
         if args.plot is not None:
             plot(args.plot, report, loaded.runs, pvalues, baseline.runs if baseline else None)
         if args.markdown is not None:
             command = " ".join(["python records/evidence.py", *(argv if argv is not None else sys.argv[1:])])
             text = render_markdown(report, args.markdown, args.plot, command)
-            try:
-                args.markdown.write_text(text)
-            except OSError as e:
-                raise EvidenceError(f"cannot write {args.markdown}: {e.strerror or e}.") from None
+            write_atomically(args.markdown, lambda f: f.write(text.encode()))
     except EvidenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

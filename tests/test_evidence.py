@@ -1,5 +1,5 @@
 """records/evidence.py: reading runs, every statistic against an independent computation, the text
-layout, skipping of broken inputs, the baseline comparison, --markdown and --plot."""
+layout, skipping of broken inputs, the baseline comparison, small batches, --markdown and --plot."""
 
 import json
 import math
@@ -336,6 +336,22 @@ def test_logs_and_summaries_written_by_train_gpt(tmp_path, capsys):
     # the log's curve is read too: the header (train_gpt.py's own source) adds nothing to it
     run = evidence.read_log(folder / "run0.txt")
     assert run.curve[:, 1] == pytest.approx(np.round(losses[0] + 1.23e-8 + 0.5 * (50 - np.arange(0, 51, 10)) / 50, 6))
+    # with the step of each validation and the peak memory (our_run logs 1000 MiB allocated), from either file;
+    # train_gpt.py's source in the header holds the memory line as an f-string, which must not count
+    summary = evidence.read_summary(folder / "run0.json")
+    for r in (run, summary):
+        assert r.val_steps.tolist() == [0, 10, 20, 30, 40, 50]
+        assert r.peak_memory_mib == 1000
+    assert summary.hyperparameters == {"num_iterations": 50, "val_loss_every": 10}
+    assert run.hyperparameters == {} and run.weight_drift == summary.weight_drift == ()
+
+
+def test_peak_memory_of_public_logs(tmp_path):
+    memory = "peak memory allocated: 30734 MiB reserved: 31890 MiB"
+    with_memory = evidence.read_log(public_log(tmp_path / "a.txt", 2.919, 1_000_000, extra=[memory]))
+    assert with_memory.peak_memory_mib == 30734
+    assert with_memory.val_steps.tolist() == [0, 25, 50, 75, 100]
+    assert evidence.read_log(public_log(tmp_path / "b.txt", 2.919, 1_000_000)).peak_memory_mib is None
 
 
 def test_windows_line_endings(tmp_path, capsys):
@@ -391,6 +407,16 @@ def test_each_kind_of_broken_input_is_skipped_with_one_warning(tmp_path, capsys)
         "binary.log": r"not a training log \(no step lines\)",
         "config.json": r"not a run summary \(no 'format' field\)",
     }
+    kinds = {
+        "unfinished.txt": "unfinished",
+        "cut.txt": "unfinished",
+        "nan.txt": "not finite",
+        "public_diverged.txt": "diverged",
+        "ours_diverged.txt": "diverged",
+        "ours_killed.txt": "unfinished",
+    }
+    loaded = evidence.load([str(bad)])
+    assert {s.file.name: s.kind for s in loaded.skips} == {n: kinds.get(n, "not a run") for n in reasons}
     lines = err.splitlines()
     assert len(lines) == len(reasons)
     for line in lines:
@@ -550,7 +576,164 @@ def test_plot_without_matplotlib_says_so(batch, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
     code, _, err = run_cli([folder, "--plot", tmp_path / "x.png"], capsys)
     assert code == 1
-    assert (
-        err
-        == "error: --plot needs matplotlib, which is not installed: pip install matplotlib (or leave out --plot).\n"
+    assert err == (
+        "error: --plot needs matplotlib, and importing it failed: ModuleNotFoundError: import of matplotlib.figure "
+        "halted; None in sys.modules. Install it (pip install matplotlib) or repair the installation, or leave "
+        "out --plot.\n"
     )
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_broken_matplotlib_shows_the_real_error(batch, tmp_path, capsys, monkeypatch):
+    """An installed matplotlib that fails to import for another reason must not be called missing."""
+    folder, _, _ = batch
+    why = "module compiled against ABI version 0x1000009 but this version of numpy is 0x2000000"
+
+    class Broken:
+        def find_spec(self, name, path=None, target=None):
+            if name == "matplotlib.figure":
+                raise RuntimeError(why)
+            return None
+
+    monkeypatch.delitem(sys.modules, "matplotlib.figure", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    code, _, err = run_cli([folder, "--plot", tmp_path / "x.png"], capsys)
+    assert code == 1
+    assert f"importing it failed: RuntimeError: {why}." in err and "not installed" not in err
+    assert len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------ small batches, figure
+
+
+def figure_of(folders, tmp_path, baseline=None):
+    """The --plot figure of the runs in `folders`, written to a PNG too; with the runs and the report."""
+    loaded = evidence.load([str(f) for f in folders])
+    base = evidence.load([str(baseline)]) if baseline is not None else None
+    report, pvalues = evidence.analyse(loaded, TARGET, 1000, 40, 0, base)
+    png = tmp_path / "fig.png"
+    fig = evidence.plot(png, report, loaded.runs, pvalues, base.runs if base else None)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return fig, report, loaded.runs
+
+
+def panel(fig, title_start):
+    found = [ax for ax in fig.axes if ax.get_title().startswith(title_start)]
+    assert len(found) == 1, [ax.get_title() for ax in fig.axes]
+    return found[0]
+
+
+def bars(ax):
+    """(left, right, height) of the histogram bars that hold runs."""
+    patches = [p for container in ax.containers for p in container.patches]  # not the interval's span
+    return sorted((p.get_x(), p.get_x() + p.get_width(), p.get_height()) for p in patches if p.get_height() > 0)
+
+
+def test_zoom_panel_only_when_runs_get_near_the_target(batch, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    far = tmp_path / "far"
+    far.mkdir()
+    for i, loss in enumerate([7.12, 7.13, 7.15]):  # a CPU toy batch: nowhere near 2.92
+        public_log(far / f"r{i}.txt", loss, 60_000)
+    fig, _, _ = figure_of([far], tmp_path)
+    assert len(fig.axes) == 3
+    assert not [ax for ax in fig.axes if ax.get_title().startswith("Zoom")]
+    curves = panel(fig, "Val loss of every run")
+    assert "no zoom panel" in curves.get_title()
+    assert curves.get_ylim()[0] > 6  # no target line squashing the curves
+
+    folder, _, _ = batch
+    fig, _, runs = figure_of([folder], tmp_path)
+    assert len(fig.axes) == 4
+    zoom = panel(fig, "Zoom: val loss below 2.97")
+    drawn = np.concatenate([line.get_ydata() for line in zoom.lines if line.get_label().startswith("_child")])
+    expected = np.concatenate([r.curve[r.curve[:, 1] <= TARGET + 0.05, 1] for r in runs])
+    assert sorted(drawn) == sorted(expected) and len(expected) >= len(runs)
+    # a panel of its own: it covers no other panel
+    fig.canvas.draw()
+    boxes = [ax.get_position() for ax in fig.axes]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert a.x1 <= b.x0 or b.x1 <= a.x0
+
+
+def test_two_runs_show_as_two_bars(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # Close together, with the target further off: bins stretched to reach the target held both in one bar.
+    for i, loss in enumerate([2.9191, 2.9193]):
+        public_log(tmp_path / f"r{i}.txt", loss, 1_000_000)
+    fig, _, _ = figure_of([tmp_path], tmp_path)
+    finals = panel(fig, "Final val loss (2 runs)")
+    (l1, r1, h1), (l2, r2, h2) = bars(finals)  # exactly two bars...
+    assert (h1, h2) == (1, 1) and r1 < l2  # ...with a gap between them
+    assert l1 <= 2.9191 <= r1 and l2 <= 2.9193 <= r2
+    rug = [line for line in finals.lines if line.get_label() == "one run"]
+    assert len(rug) == 1 and sorted(rug[0].get_xdata()) == [2.9191, 2.9193]
+
+
+def test_final_loss_bins_keep_distinct_values_apart():
+    """Values at least one bin width apart never share a bin; every value falls inside the edges."""
+    rng = np.random.default_rng(5)
+    for n in (2, 3, 7, 40, 160):
+        values = np.round(2.9195 + 0.0008 * rng.standard_normal(n), 6)
+        edges = evidence.final_loss_bins(values, 1e-4)
+        width = edges[1] - edges[0]
+        assert np.allclose(np.diff(edges), width)
+        assert edges[0] < values.min() and values.max() < edges[-1]
+        index = np.searchsorted(edges, values, side="right") - 1
+        for i in range(n):
+            for j in range(n):
+                if abs(values[i] - values[j]) >= width * (1 + 1e-9):
+                    assert index[i] != index[j]
+    one = evidence.final_loss_bins(np.array([2.95, 2.95, 2.95]), 1e-4)
+    assert one == pytest.approx([2.95 - 5e-5, 2.95 + 5e-5])
+
+
+@pytest.mark.parametrize("loss, p, verdict", [(2.95, 1, "no sample passes"), (2.90, 0, "every sample passes")])
+def test_identical_runs_say_so_in_the_bootstrap_panel(tmp_path, monkeypatch, loss, p, verdict):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for i in range(3):
+        public_log(tmp_path / f"r{i}.txt", loss, 1_000_000)
+    fig, _, _ = figure_of([tmp_path], tmp_path)
+    boot = panel(fig, "Bootstrap p-values")
+    assert not boot.patches  # no empty histogram
+    texts = [t.get_text() for t in boot.texts]
+    assert texts == [f"all 1000 bootstrap p-values are {p}:\n{verdict} (p < 0.01)"]
+    assert "only 3 runs: these figures mean little" in boot.get_title()
+    (left, right, height), = bars(panel(fig, "Final val loss (3 runs)"))
+    assert height == 3 and left < loss < right
+
+
+def test_few_runs_say_the_intervals_mean_little(tmp_path, capsys):
+    times = [1_000_000, 1_300_000, 700_000]  # a spread that puts the 99% time interval below zero
+    for i, (loss, ms) in enumerate(zip([2.9191, 2.9193, 2.9199], times)):
+        public_log(tmp_path / f"r{i}.txt", loss, ms)
+    minutes = [t / 60_000 for t in times]
+    lo, hi = t_interval(minutes)
+    assert lo < 0
+    per_step = [t / 100 for t in times]
+
+    code, out, _ = run_cli([tmp_path], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].startswith("note: only 3 runs: with fewer than 5 the 99% intervals and p-values")
+    assert "train time 99% confidence interval: not shown: with 3 runs it reaches below zero" in lines
+    assert (
+        f"avg ms per iteration: {mean_sd(per_step)[0]:.4f}. 99% confidence interval: not shown: with 3 runs it "
+        "reaches below zero" in lines
+    )
+    assert not re.search(r"\(-\d", out)  # no interval starting below zero anywhere
+
+    report, _ = run_json([tmp_path], capsys)
+    assert report["few_runs"] is True and report["note"].startswith("only 3 runs")
+    assert report["train_time_min"]["ci99"] == pytest.approx([lo, hi], rel=1e-9)  # the numbers stay
+
+    readme = tmp_path / "README.md"
+    assert run_cli([tmp_path, "--markdown", readme], capsys)[0] == 0
+    assert "> **Note:** only 3 runs: with fewer than 5" in readme.read_text()
+
+
+def test_enough_runs_carry_no_note(batch, capsys):
+    folder, _, _ = batch
+    report, _ = run_json([folder], capsys)
+    assert report["few_runs"] is False and report["note"] is None
