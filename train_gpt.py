@@ -15,6 +15,7 @@ import copy
 import datetime
 import difflib
 import glob
+import importlib.metadata
 import json
 import math
 import os
@@ -127,6 +128,14 @@ class Hyperparameters:
     muon_momentum_warmup_steps: int = hp(300, "steps of the linear momentum warmup")
     update_smoothing: float = hp(0.2, "beta of the EMA of Muon's updates (0: off)")
     ns_impl: str = hp("auto", "Newton-Schulz: auto (on CUDA the faster of triton and torch, timed at startup) | triton | torch")
+    # Other optimizers of the hidden matrices (research; Muon above is the record). Each starts from the
+    # settings published in the optimizer comparison of our sources; "none" keeps a published value.
+    matrix_optimizer: str = hp("muon", "optimizer of the hidden matrices: muon (the record) | adam | shampoo | soap")
+    matrix_lr: Optional[float] = hp(None, "lr of a non-Muon --matrix_optimizer (none: its published setting)")
+    matrix_betas: Optional[tuple[float, float]] = hp(None, "betas of a non-Muon --matrix_optimizer, e.g. 0.95,0.95")
+    matrix_eps: Optional[float] = hp(None, "epsilon of a non-Muon --matrix_optimizer")
+    matrix_weight_decay: Optional[float] = hp(None, "decoupled weight decay (times lr) of a non-Muon --matrix_optimizer")
+    matrix_precondition_frequency: Optional[int] = hp(None, "steps between preconditioner updates (shampoo, soap)")
     # Snoo outer optimizer
     snoo_k: int = hp(28, "Snoo's outer step every k steps (0: Snoo off)")
     snoo_lr: float = hp(0.68, "Snoo's SGD lr")
@@ -308,6 +317,21 @@ def validate_args(args: Hyperparameters) -> None:
     need(args.ns_impl in ("auto", "triton", "torch"),
          f"option --ns_impl={args.ns_impl!r}: expected auto, triton or torch.")
     need(args.device in ("auto", "cuda", "cpu"), f"option --device={args.device!r}: expected auto, cuda or cpu.")
+    choices = ("muon", *MATRIX_OPTIMIZERS)
+    need(args.matrix_optimizer in choices,
+         f"option --matrix_optimizer={args.matrix_optimizer!r}: expected one of {', '.join(choices)}.")
+    for name in MATRIX_OVERRIDES:
+        value = getattr(args, f"matrix_{name}")
+        if value is None:
+            continue
+        need(args.matrix_optimizer != "muon",
+             f"option --matrix_{name} applies to --matrix_optimizer=adam, shampoo or soap; Muon (the default) has "
+             f"its own options (--muon_lr, --muon_weight_decay, --muon_momentum).")
+        need(name in MATRIX_OPTIMIZERS[args.matrix_optimizer]["settings"],
+             f"option --matrix_{name}: --matrix_optimizer={args.matrix_optimizer} has no such setting.")
+        values = value if isinstance(value, tuple) else (value,)
+        need(all(v >= 0 for v in values) and (name != "precondition_frequency" or value >= 1),
+             f"option --matrix_{name}={format_value(value)}: must be positive.")
     need(args.record and "/" not in args.record and args.record not in (".", ".."),
          f"option --record={args.record!r}: must be a plain folder name.")
 
@@ -621,39 +645,76 @@ def muon_update_fn(ns_impl: str, compiled: bool):
     return update
 
 
-class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan), with update smoothing and master weights.
+def load_saved(value, device):
+    """A saved optimizer state as it was saved (dtypes kept), on device."""
+    if isinstance(value, Tensor):
+        return value.to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {k: load_saved(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(load_saved(v, device) for v in value)
+    return value
 
-    Distributed: the matrices, sorted by shape (largest first), are taken in groups of world_size; rank r
-    updates member r of each group, then the group is all-gathered so every rank holds every matrix."""
+
+class MatrixOptimizer(torch.optim.Optimizer):
+    """Base of the hidden-matrix optimizers (Muon and the others of --matrix_optimizer): one group per
+    shape, sorted largest first, so that every all-gather moves tensors of one shape. Distributed as
+    the record's Muon: each group is taken world_size matrices at a time; rank r updates member r,
+    then the members are all-gathered so every rank holds every matrix. A subclass implements
+    _update(p, group) for the matrices of this rank."""
+
+    def __init__(self, params, defaults: dict, rank: int = 0, world_size: int = 1):
+        params = list(params)
+        if any(p.ndim < 2 for p in params):
+            raise ValueError(f"{type(self).__name__} only takes matrices (or batches of matrices)")
+        shapes = sorted({tuple(p.shape) for p in params}, reverse=True)
+        super().__init__([dict(params=[p for p in params if tuple(p.shape) == s]) for s in shapes], defaults)
+        self.rank = rank
+        self.world_size = world_size
+
+    def owns(self, index_in_group: int) -> bool:
+        return index_in_group % self.world_size == self.rank
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch casts floating state to the parameter's dtype, which would round fp32 state (momentum,
+        # moments, preconditioners) to bf16; load the groups through torch and the state as saved.
+        super().load_state_dict({**state_dict, "state": {}})
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict["state"].items():
+            self.state[params[index]] = load_saved(saved, params[index].device)
+
+    def _update(self, p: Tensor, group: dict) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self):
+        gathers = []
+        for group in self.param_groups:
+            params = group["params"]
+            for base in range(0, len(params), self.world_size):
+                if base + self.rank < len(params):
+                    self._update(params[base + self.rank], group)
+                if self.world_size > 1:
+                    members = params[base:base + self.world_size]
+                    members = members + [torch.empty_like(members[-1])] * (self.world_size - len(members))
+                    gathers.append(dist.all_gather(members, members[self.rank], async_op=True))
+        for handle in gathers:
+            handle.wait()
+
+
+class Muon(MatrixOptimizer):
+    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan), with update smoothing and master weights."""
 
     def __init__(self, params, lr: float, weight_decay: float, momentum: float, update_smoothing: float,
                  ns_impl: str = "torch", rank: int = 0, world_size: int = 1, compiled: bool = False):
-        params = list(params)
-        if any(p.ndim < 2 for p in params):
-            raise ValueError("Muon only takes matrices (or batches of matrices)")
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, update_smoothing=update_smoothing)
-        # One group per shape so that every all-gather moves tensors of one shape.
-        shapes = sorted({tuple(p.shape) for p in params}, reverse=True)
-        groups = [dict(params=[p for p in params if tuple(p.shape) == s]) for s in shapes]
-        super().__init__(groups, defaults)
-        self.rank = rank
-        self.world_size = world_size
+        super().__init__(params, defaults, rank, world_size)
         self.compiled = compiled
         self.set_ns_impl(ns_impl)
 
     def set_ns_impl(self, ns_impl: str) -> None:
         self.ns_impl = ns_impl
         self._update_fn = muon_update_fn(ns_impl, self.compiled)
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        # torch casts floating state to the parameter's dtype, which would round the fp32 momentum to
-        # bf16; load the groups through torch and the state as it was saved.
-        super().load_state_dict({**state_dict, "state": {}})
-        params = [p for group in self.param_groups for p in group["params"]]
-        for index, saved in state_dict["state"].items():
-            p = params[index]
-            self.state[p] = {k: v.to(device=p.device, copy=True) for k, v in saved.items()}
 
     def _init_state(self, p: Tensor, group: dict) -> dict:
         state = self.state[p]
@@ -673,20 +734,197 @@ class Muon(torch.optim.Optimizer):
         self._update_fn(p, state.get("mantissa"), state["momentum_buffer"], state.get("smoothed_update"), p.grad,
                         *map(full_precision, (group["momentum"], group["update_smoothing"], step_size, decay)))
 
+
+class MasterWeightMatrices(MatrixOptimizer):
+    """The hidden matrices trained by any torch optimizer (Adam, Shampoo, SOAP) on fp32 master weights,
+    so that no small update is lost to bf16 rounding: the master is Muon's (the bf16 parameter plus a
+    uint16 mantissa), rebuilt into an fp32 buffer before each step and split back after it, so that
+    Snoo's changes to the parameter are seen exactly as Muon sees them. A batch of matrices (the
+    (4, d, d) attention tensor) is optimized as separate matrices, as Muon orthogonalizes it.
+    make_inner(tensors, lr) builds the optimizer of one parameter's matrices; its lr follows the schedule."""
+
+    def __init__(self, params, make_inner, lr: float, rank: int = 0, world_size: int = 1):
+        super().__init__(params, dict(lr=lr), rank, world_size)
+        self.make_inner = make_inner
+        self.inner: dict[Tensor, torch.optim.Optimizer] = {}
+        self.masters: dict[Tensor, tuple[Tensor, list[Tensor]]] = {}
+
+    @staticmethod
+    def _pieces(t: Tensor) -> list[Tensor]:
+        return list(t.unbind(0)) if t.ndim == 3 else [t]
+
+    def _inner_for(self, p: Tensor, group: dict) -> torch.optim.Optimizer:
+        if p not in self.inner:
+            bf16 = p.dtype == torch.bfloat16
+            if bf16 and "mantissa" not in self.state[p]:
+                self.state[p]["mantissa"] = torch.zeros_like(p, dtype=torch.uint16)
+            master = torch.empty_like(p, dtype=torch.float32) if bf16 else p
+            self.masters[p] = (master, self._pieces(master))  # the views the inner optimizer holds
+            self.inner[p] = self.make_inner(self.masters[p][1], group["lr"])
+        return self.inner[p]
+
+    def _update(self, p: Tensor, group: dict) -> None:
+        inner = self._inner_for(p, group)
+        mantissa = self.state[p].get("mantissa")
+        master, pieces = self.masters[p]
+        if mantissa is not None:
+            master.copy_(master_weight(p, mantissa))
+        for piece, grad in zip(pieces, self._pieces(p.grad.float())):
+            piece.grad = grad
+        for inner_group in inner.param_groups:
+            inner_group["lr"] = group["lr"]
+        inner.step()
+        for piece in pieces:
+            piece.grad = None
+        if mantissa is not None:
+            store_master_weight(master, p, mantissa)
+
+    def state_dict(self) -> dict:
+        saved = super().state_dict()
+        params = [p for group in self.param_groups for p in group["params"]]
+        saved["inner"] = {i: self.inner[p].state_dict() for i, p in enumerate(params) if p in self.inner}
+        return saved
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "inner"})
+        self.inner, self.masters = {}, {}
+        params = [(p, group) for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict.get("inner", {}).items():
+            p, group = params[index]
+            self._inner_for(p, group).load_state_dict(saved)
+
+
+class Shampoo(torch.optim.Optimizer):
+    """Shampoo with Adam grafting (Gupta et al. 2018; the settings of Meta's DistributedShampoo in the
+    optimizer comparison of our sources), written from the algorithm for matrices. Per matrix G:
+      m = b1 m + (1 - b1) G, bias-corrected: the filtered gradient M;
+      L = b2 L + (1 - b2) G Gᵀ and R = b2 R + (1 - b2) Gᵀ G (Kronecker factors), every step;
+      every precondition_frequency steps, L^(-1/4) and R^(-1/4) by eigendecomposition in fp32, with
+      epsilon added to the eigenvalues;
+      Adam grafting: v = g2 v + (1 - g2) G², bias-corrected; A = M / (sqrt(v) + graft_eps);
+      before the first roots the step is A; afterwards S = L^(-1/4) M R^(-1/4) scaled to A's norm;
+      w <- w (1 - lr wd) - lr * step (decoupled weight decay).
+    Dimensions above max_preconditioner_dim are split into blocks, each preconditioned and grafted
+    on its own."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float], epsilon: float, weight_decay: float,
+                 precondition_frequency: int, max_preconditioner_dim: int, graft_beta2: float, graft_eps: float):
+        defaults = dict(lr=lr, betas=betas, epsilon=epsilon, weight_decay=weight_decay,
+                        precondition_frequency=precondition_frequency, max_preconditioner_dim=max_preconditioner_dim,
+                        graft_beta2=graft_beta2, graft_eps=graft_eps)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _blocks(t: Tensor, size: int) -> list[Tensor]:
+        return [block for rows in t.split(size, 0) for block in rows.split(size, 1)]
+
+    @staticmethod
+    def _inverse_fourth_root(factor: Tensor, epsilon: float) -> Tensor:
+        eigenvalues, eigenvectors = torch.linalg.eigh(factor.float())
+        return eigenvectors @ torch.diag((eigenvalues.clamp_min(0) + epsilon) ** -0.25) @ eigenvectors.mT
+
     @torch.no_grad()
     def step(self):
-        gathers = []
         for group in self.param_groups:
-            params = group["params"]
-            for base in range(0, len(params), self.world_size):
-                if base + self.rank < len(params):
-                    self._update(params[base + self.rank], group)
-                if self.world_size > 1:
-                    members = params[base:base + self.world_size]
-                    members = members + [torch.empty_like(members[-1])] * (self.world_size - len(members))
-                    gathers.append(dist.all_gather(members, members[self.rank], async_op=True))
-        for handle in gathers:
-            handle.wait()
+            (b1, b2), size, freq = group["betas"], group["max_preconditioner_dim"], group["precondition_frequency"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.ndim != 2:
+                    raise ValueError("Shampoo here takes matrices; split batches of matrices first")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["graft_exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["blocks"] = [dict(L=g.new_zeros(g.size(0), g.size(0)), R=g.new_zeros(g.size(1), g.size(1)),
+                                            L_root=None, R_root=None)
+                                       for g in self._blocks(torch.empty_like(p, dtype=torch.float32), size)]
+                state["step"] += 1
+                t = state["step"]
+                g = p.grad.float()
+                state["exp_avg"].lerp_(g, 1 - b1)
+                state["graft_exp_avg_sq"].lerp_(g.square(), 1 - group["graft_beta2"])
+                M = state["exp_avg"] / (1 - b1 ** t)
+                A = M / ((state["graft_exp_avg_sq"] / (1 - group["graft_beta2"] ** t)).sqrt() + group["graft_eps"])
+                direction = torch.empty_like(M)
+                for block, g_b, m_b, a_b, out in zip(state["blocks"], self._blocks(g, size), self._blocks(M, size),
+                                                     self._blocks(A, size), self._blocks(direction, size)):
+                    block["L"].lerp_(g_b @ g_b.mT, 1 - b2)
+                    block["R"].lerp_(g_b.mT @ g_b, 1 - b2)
+                    if t % freq == 0:
+                        block["L_root"] = self._inverse_fourth_root(block["L"], group["epsilon"])
+                        block["R_root"] = self._inverse_fourth_root(block["R"], group["epsilon"])
+                    if block["L_root"] is None:
+                        out.copy_(a_b)
+                    else:
+                        s_b = block["L_root"] @ m_b @ block["R_root"]
+                        out.copy_(s_b * (a_b.norm() / s_b.norm().clamp_min(1e-30)))
+                p.mul_(1 - group["lr"] * group["weight_decay"]).add_(direction.to(p.dtype), alpha=-group["lr"])
+
+
+def make_soap(tensors, lr: float, s: dict, on_cuda: bool):
+    try:
+        from pytorch_optimizer import SOAP
+    except ImportError as e:
+        raise UserError(f"--matrix_optimizer=soap uses the SOAP of the pytorch-optimizer package, which does not "
+                        f"import ({describe_error(e)}): pip install 'pytorch-optimizer>=4.1,<5'.") from None
+    # pytorch-optimizer's default weight decay is 0.01; the published setting is 0 (passed explicitly)
+    return SOAP(tensors, lr=lr, betas=s["betas"], eps=s["eps"], weight_decay=s["weight_decay"],
+                precondition_frequency=s["precondition_frequency"])
+
+
+# The optimizers --matrix_optimizer can put on the hidden matrices besides the record's Muon, each with the
+# settings published in the optimizer comparison of our sources (optimizers.md, section 1), a builder
+# make(tensors, lr, settings, on_cuda) of a torch optimizer for one parameter's matrices (run on fp32 master
+# weights by MasterWeightMatrices) and the PyPI package it comes from. A new optimizer is one more entry.
+MATRIX_OPTIMIZERS = {
+    "adam": dict(
+        settings=dict(lr=0.0018, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0),
+        make=lambda tensors, lr, s, on_cuda: torch.optim.Adam(
+            tensors, lr=lr, betas=s["betas"], eps=s["eps"], weight_decay=s["weight_decay"],
+            decoupled_weight_decay=True, fused=on_cuda or None),
+        library=None),
+    "shampoo": dict(
+        # Meta's DistributedShampoo settings: max preconditioner dim 8192, Adam grafting (beta2 0.95, eps 1e-8)
+        settings=dict(lr=0.0018, betas=(0.95, 0.95), eps=1e-12, weight_decay=0.0, precondition_frequency=10,
+                      max_preconditioner_dim=8192, graft_beta2=0.95, graft_eps=1e-8),
+        make=lambda tensors, lr, s, on_cuda: Shampoo(
+            tensors, lr=lr, betas=s["betas"], epsilon=s["eps"], weight_decay=s["weight_decay"],
+            precondition_frequency=s["precondition_frequency"], max_preconditioner_dim=s["max_preconditioner_dim"],
+            graft_beta2=s["graft_beta2"], graft_eps=s["graft_eps"]),
+        library=None),
+    "soap": dict(
+        settings=dict(lr=0.0018, betas=(0.95, 0.95), eps=1e-8, weight_decay=0.0, precondition_frequency=10),
+        make=make_soap,
+        library="pytorch-optimizer"),
+}
+MATRIX_OVERRIDES = ("lr", "betas", "eps", "weight_decay", "precondition_frequency")  # the --matrix_* options
+
+
+def matrix_optimizer_info(args: Hyperparameters) -> dict:
+    """The hidden matrices' optimizer with every resolved setting and the library it comes from."""
+    if args.matrix_optimizer == "muon":
+        settings = dict(lr=args.muon_lr, weight_decay=args.muon_weight_decay, mlp_wd_mul=args.mlp_wd_mul,
+                        momentum=(args.muon_momentum_start, args.muon_momentum), update_smoothing=args.update_smoothing)
+        return dict(name="muon", settings=settings, library=None)
+    spec = MATRIX_OPTIMIZERS[args.matrix_optimizer]
+    settings = dict(spec["settings"])
+    for name in MATRIX_OVERRIDES:
+        if getattr(args, f"matrix_{name}") is not None:
+            settings[name] = getattr(args, f"matrix_{name}")
+    library = None
+    if spec["library"]:
+        try:
+            library = f"{spec['library']} {importlib.metadata.version(spec['library'])}"
+        except importlib.metadata.PackageNotFoundError:
+            library = f"{spec['library']} (not installed)"
+    return dict(name=args.matrix_optimizer, settings=settings, library=library)
+
+
+def matrix_optimizer_line(info: dict) -> str:
+    settings = ", ".join(f"{k}={format_value(v)}" for k, v in info["settings"].items())
+    return f"matrix optimizer: {info['name']} ({settings}{'; ' + info['library'] if info['library'] else ''})"
 
 
 class Snoo:
@@ -998,7 +1236,8 @@ def build_model(args: Hyperparameters, attention: str) -> GPT:
 
 
 def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_size: int = 1):
-    """AdamW (embeddings, lm head, scalars) and Muon (block matrices), both wrapped by Snoo (or None)."""
+    """AdamW (embeddings, lm head, scalars), the hidden matrices' optimizer (Muon: the record) and Snoo
+    around both (None with --snoo_k=0)."""
     embeds = [model.embed1.weight, model.embed2.weight, *(e.weight for e in model.value_embeds)]
     matrices = [p for p in model.blocks.parameters() if p.ndim >= 2]
     on_cuda = model.lm_head_w.is_cuda
@@ -1008,15 +1247,21 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_siz
          dict(params=[model.scalars], lr=args.adam_scalar_lr)],
         betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, weight_decay=args.adam_weight_decay,
         fused=on_cuda or None)
-    ns_impl = resolve_ns_impl(args.ns_impl, on_cuda)
-    muon = Muon(matrices, lr=args.muon_lr, weight_decay=args.muon_weight_decay, momentum=args.muon_momentum,
-                update_smoothing=args.update_smoothing, ns_impl=ns_impl, rank=rank, world_size=world_size,
-                compiled=args.compile)
-    for opt in (adam, muon):
+    if args.matrix_optimizer == "muon":
+        hidden = Muon(matrices, lr=args.muon_lr, weight_decay=args.muon_weight_decay, momentum=args.muon_momentum,
+                      update_smoothing=args.update_smoothing, ns_impl=resolve_ns_impl(args.ns_impl, on_cuda),
+                      rank=rank, world_size=world_size, compiled=args.compile)
+    else:
+        spec, settings = MATRIX_OPTIMIZERS[args.matrix_optimizer], matrix_optimizer_info(args)["settings"]
+        spec["make"]([torch.zeros(2, 2, device=model.lm_head_w.device)], settings["lr"], settings, on_cuda)  # fails now, not later
+        hidden = MasterWeightMatrices(
+            matrices, lambda tensors, lr: spec["make"](tensors, lr, settings, on_cuda), lr=settings["lr"],
+            rank=rank, world_size=world_size)
+    for opt in (adam, hidden):
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
     snoo = Snoo(model.parameters(), args.snoo_lr, args.snoo_momentum, args.snoo_k) if args.snoo_k else None
-    return adam, muon, snoo
+    return adam, hidden, snoo
 
 
 def set_schedules(step: int, args: Hyperparameters, optimizers) -> None:
@@ -1282,7 +1527,7 @@ class RunLog:
         os.replace(tmp, self.json_path)
 
 
-def environment_info(device: torch.device, world_size: int, ns_impl: str) -> dict:
+def environment_info(device: torch.device, world_size: int) -> dict:
     def run(cmd: list[str]) -> Optional[str]:
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
@@ -1294,7 +1539,6 @@ def environment_info(device: torch.device, world_size: int, ns_impl: str) -> dic
     info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 host=platform.node(), python=sys.version, torch=torch.__version__,
                 cuda=torch.version.cuda, device=str(device), world_size=world_size, torch_threads=torch.get_num_threads(),
-                newton_schulz=ns_impl,
                 command=" ".join([sys.executable] + sys.argv))
     try:
         import triton
@@ -1649,13 +1893,15 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
     if rt.world_size > 1:
         for p in model.parameters():
             dist.broadcast(p.detach(), 0)
-    adam, muon, snoo = build_optimizers(model, args, rt.rank, rt.world_size)
-    optimizers = [adam, muon]
-    newton_schulz = choose_newton_schulz(args.ns_impl, rt, [tuple(g["params"][0].shape) for g in muon.param_groups])
-    muon.set_ns_impl(newton_schulz["used"])
+    adam, hidden, snoo = build_optimizers(model, args, rt.rank, rt.world_size)
+    optimizers = [adam, hidden]
+    newton_schulz = None
+    if isinstance(hidden, Muon):
+        newton_schulz = choose_newton_schulz(args.ns_impl, rt, [tuple(g["params"][0].shape) for g in hidden.param_groups])
+        hidden.set_ns_impl(newton_schulz["used"])
 
     log = open_run_log(args, rt)
-    log.summary["newton_schulz"] = newton_schulz
+    log.summary.update(newton_schulz=newton_schulz, matrix_optimizer=matrix_optimizer_info(args))
     status = "failed"
     try:
         status = train(args, rt, stopper, log, model, optimizers, snoo)
@@ -1684,7 +1930,7 @@ def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, mod
           snoo: Optional[Snoo]) -> str:
     """The logged part of a run: header, kernel warmup, training and validation. Returns the status."""
     on_cuda = rt.device.type == "cuda"
-    muon = next(opt for opt in optimizers if isinstance(opt, Muon))
+    muon = next((opt for opt in optimizers if isinstance(opt, Muon)), None)
     compiled = model
     if on_cuda and args.compile:
         import torch._inductor.config as inductor_config
@@ -1694,9 +1940,11 @@ def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, mod
     if rt.master:
         print(f"logging to {log.txt_path}", flush=True)
         log.set_header(Path(__file__).read_text(encoding="utf-8"),
-                       environment_info(rt.device, rt.world_size, muon.ns_impl), asdict(args))
+                       environment_info(rt.device, rt.world_size), asdict(args))
     log.write(f"parameters: {sum(p.numel() for p in model.parameters()):,}", console=True)
-    log.write(newton_schulz_line(log.summary["newton_schulz"]), console=True)
+    log.write(matrix_optimizer_line(log.summary["matrix_optimizer"]), console=True)
+    if muon:
+        log.write(newton_schulz_line(log.summary["newton_schulz"]), console=True)
 
     windows: dict[int, Tensor] = {}  # one device tensor per window size: no host-to-device copy per step
 
@@ -1719,7 +1967,7 @@ def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, mod
         restore(saved, model, optimizers, snoo)
         del saved
         rt.synchronize()
-        did = warmup_description(compiled is not model, muon.compiled, muon.ns_impl)
+        did = warmup_description(compiled is not model, muon is not None and muon.compiled, muon and muon.ns_impl)
         log.write(f"kernel warmup: {args.warmup_steps} steps in {time.perf_counter() - warmup_start:.1f}s "
                   f"({did}; not on the clock)", console=True)
     if on_cuda:
