@@ -119,6 +119,15 @@ class Hyperparameters:
     adam_beta2: float = hp(0.95, "AdamW beta2")
     adam_eps: float = hp(1e-10, "AdamW eps")
     adam_weight_decay: float = hp(0.0, "AdamW weight decay")
+    # Adam variants of the thesis notes in our sources (research): they apply to every Adam of the run, the
+    # record's AdamW and --matrix_optimizer=adam. At these defaults the run uses torch's fused AdamW.
+    adam_bias_correction: bool = hp(True, "Adam's bias correction of both moments")
+    adam_init: str = hp("zero", "Adam's moments start at zero | grad (the first gradient and its square)")
+    adam_nested: bool = hp(False, "normalise the gradient by sqrt(v) + eps first, then average it (LaProp)")
+    adam_eps_max: Optional[float] = hp(None, "eps schedule toward SGD-like steps: eps grows to this (none: no schedule)")
+    adam_eps_start_frac: float = hp(0.5, "eps schedule: eps stays at its value until this fraction of training")
+    adam_eps_end_frac: float = hp(0.9, "eps schedule: eps reaches adam_eps_max at this fraction of training")
+    adam_eps_growth: float = hp(0.001, "eps schedule: exponential growth rate per step")
     # Muon: hidden matrices
     muon_lr: float = hp(0.03, "Muon lr")
     muon_weight_decay: float = hp(0.01, "Muon decoupled weight decay (times lr)")
@@ -147,6 +156,7 @@ class Hyperparameters:
     coordinate_descent_tuning: bool = hp(True, "inductor coordinate-descent tuning (allowed on this track)")
     records_dir: str = hp("records", "where run logs go: <records_dir>/<record>/<run id>.txt and .json")
     record: str = hp("dev", "name of the folder of this batch of runs")
+    log_weight_drift: bool = hp(False, "log ||w - w0|| / ||w0|| and cos(w, w0) per parameter group at every validation")
     save_checkpoint: bool = hp(False, "save the final weights to <records_dir>/<record>/<run id>.pt")
     preset: str = hp("record", "record | tiny (16 small layers for CPU; applied before the other options)")
 
@@ -317,6 +327,13 @@ def validate_args(args: Hyperparameters) -> None:
     need(args.ns_impl in ("auto", "triton", "torch"),
          f"option --ns_impl={args.ns_impl!r}: expected auto, triton or torch.")
     need(args.device in ("auto", "cuda", "cpu"), f"option --device={args.device!r}: expected auto, cuda or cpu.")
+    need(args.adam_init in ("zero", "grad"), f"option --adam_init={args.adam_init!r}: expected zero or grad.")
+    if args.adam_eps_max is not None:
+        need(args.adam_eps_max > 0, f"option --adam_eps_max={args.adam_eps_max}: must be positive.")
+        need(0 <= args.adam_eps_start_frac < args.adam_eps_end_frac <= 1,
+             f"options --adam_eps_start_frac={args.adam_eps_start_frac} and --adam_eps_end_frac="
+             f"{args.adam_eps_end_frac}: need 0 <= start < end <= 1.")
+        need(args.adam_eps_growth > 0, f"option --adam_eps_growth={args.adam_eps_growth}: must be positive.")
     choices = ("muon", *MATRIX_OPTIMIZERS)
     need(args.matrix_optimizer in choices,
          f"option --matrix_optimizer={args.matrix_optimizer!r}: expected one of {', '.join(choices)}.")
@@ -741,10 +758,12 @@ class MasterWeightMatrices(MatrixOptimizer):
     uint16 mantissa), rebuilt into an fp32 buffer before each step and split back after it, so that
     Snoo's changes to the parameter are seen exactly as Muon sees them. A batch of matrices (the
     (4, d, d) attention tensor) is optimized as separate matrices, as Muon orthogonalizes it.
-    make_inner(tensors, lr) builds the optimizer of one parameter's matrices; its lr follows the schedule."""
+    make_inner(tensors, lr) builds the optimizer of one parameter's matrices; the scheduled values (lr, and
+    eps for Adam) are this optimizer's groups' and are copied to it before every step."""
 
-    def __init__(self, params, make_inner, lr: float, rank: int = 0, world_size: int = 1):
-        super().__init__(params, dict(lr=lr), rank, world_size)
+    def __init__(self, params, make_inner, rank: int = 0, world_size: int = 1, **scheduled):
+        super().__init__(params, scheduled, rank, world_size)
+        self.scheduled = tuple(scheduled)  # group values (lr, eps) that the schedules set, copied to the inner ones
         self.make_inner = make_inner
         self.inner: dict[Tensor, torch.optim.Optimizer] = {}
         self.masters: dict[Tensor, tuple[Tensor, list[Tensor]]] = {}
@@ -772,7 +791,7 @@ class MasterWeightMatrices(MatrixOptimizer):
         for piece, grad in zip(pieces, self._pieces(p.grad.float())):
             piece.grad = grad
         for inner_group in inner.param_groups:
-            inner_group["lr"] = group["lr"]
+            inner_group.update((key, group[key]) for key in self.scheduled)
         inner.step()
         for piece in pieces:
             piece.grad = None
@@ -863,6 +882,82 @@ class Shampoo(torch.optim.Optimizer):
                 p.mul_(1 - group["lr"] * group["weight_decay"]).add_(direction.to(p.dtype), alpha=-group["lr"])
 
 
+class AdamVariant(torch.optim.Optimizer):
+    """Adam(W) with the switches of the thesis notes in our sources: bias correction on or off, moments
+    started at zero or at the first gradient (m = g1, v = g1²; the first update then uses g1 again),
+    and the nested average (normalise first, then average: the idea published as LaProp). With the
+    defaults it is torch's AdamW, step for step:
+      m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g²;  w <- w (1 - lr wd) - lr m̂ / (sqrt(v̂) + eps)
+    nested: v as above, n = g / (sqrt(v̂) + eps), m <- b1 m + (1 - b1) n, w <- w (1 - lr wd) - lr m̂.
+    The hat is the division by 1 - b^t (bias correction) or nothing."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+                 bias_correction: bool = True, zero_init: bool = True, nested: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
+                        zero_init=zero_init, nested=nested)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g, state = p.grad, self.state[p]
+                first = not state
+                if first:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if not group["zero_init"]:
+                        state["exp_avg_sq"].copy_(g * g)
+                state["step"] += 1
+                t = state["step"].item()
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                bc1 = 1 - b1 ** t if group["bias_correction"] else 1.0
+                bc2 = 1 - b2 ** t if group["bias_correction"] else 1.0
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v.sqrt() / math.sqrt(bc2)).add_(group["eps"])
+                if group["nested"]:
+                    n = g / denom
+                    if first and not group["zero_init"]:
+                        m.copy_(n)
+                    m.mul_(b1).add_(n, alpha=1 - b1)
+                    p.mul_(1 - group["lr"] * group["weight_decay"]).add_(m, alpha=-group["lr"] / bc1)
+                else:
+                    if first and not group["zero_init"]:
+                        m.copy_(g)
+                    m.lerp_(g, 1 - b1)
+                    p.mul_(1 - group["lr"] * group["weight_decay"]).addcdiv_(m, denom, value=-group["lr"] / bc1)
+
+
+def adam_variant(args: Hyperparameters) -> Optional[dict]:
+    """AdamVariant's switches when any Adam option differs from its default, else None (torch's AdamW)."""
+    variant = dict(bias_correction=args.adam_bias_correction, zero_init=args.adam_init == "zero",
+                   nested=args.adam_nested)
+    if variant == dict(bias_correction=True, zero_init=True, nested=False) and args.adam_eps_max is None:
+        return None
+    return variant
+
+
+def adam_eps_schedule(step: int, args: Hyperparameters, eps0: Optional[float] = None) -> float:
+    """Adam's eps at a step, from eps0 (default --adam_eps) toward --adam_eps_max, to move Adam smoothly
+    toward SGD-like steps late in training (thesis notes in our sources): eps0 before w T; then
+    A exp(k (t - w T)) + B, with A = (eps_max - eps0) / (exp(k T (E - w)) - 1) and B = eps0 - A, which
+    meets eps0 at w T and eps_max at E T; eps_max from E T on."""
+    eps0 = args.adam_eps if eps0 is None else eps0
+    if args.adam_eps_max is None:
+        return eps0
+    T, w, E, k = args.num_iterations, args.adam_eps_start_frac, args.adam_eps_end_frac, args.adam_eps_growth
+    if step < w * T:
+        return eps0
+    if step >= E * T:
+        return args.adam_eps_max
+    A = (args.adam_eps_max - eps0) / math.expm1(k * T * (E - w))
+    return A * math.exp(k * (step - w * T)) + (eps0 - A)
+
+
 def make_soap(tensors, lr: float, s: dict, on_cuda: bool):
     try:
         from pytorch_optimizer import SOAP
@@ -883,7 +978,8 @@ MATRIX_OPTIMIZERS = {
         settings=dict(lr=0.0018, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0),
         make=lambda tensors, lr, s, on_cuda: torch.optim.Adam(
             tensors, lr=lr, betas=s["betas"], eps=s["eps"], weight_decay=s["weight_decay"],
-            decoupled_weight_decay=True, fused=on_cuda or None),
+            decoupled_weight_decay=True, fused=on_cuda or None) if s.get("variant") is None else AdamVariant(
+            tensors, lr=lr, betas=s["betas"], eps=s["eps"], weight_decay=s["weight_decay"], **s["variant"]),
         library=None),
     "shampoo": dict(
         # Meta's DistributedShampoo settings: max preconditioner dim 8192, Adam grafting (beta2 0.95, eps 1e-8)
@@ -913,6 +1009,8 @@ def matrix_optimizer_info(args: Hyperparameters) -> dict:
     for name in MATRIX_OVERRIDES:
         if getattr(args, f"matrix_{name}") is not None:
             settings[name] = getattr(args, f"matrix_{name}")
+    if args.matrix_optimizer == "adam" and adam_variant(args):
+        settings["variant"] = adam_variant(args)
     library = None
     if spec["library"]:
         try:
@@ -1171,6 +1269,13 @@ class GPT(nn.Module):
         for m in [self.embed1, self.embed2, *self.value_embeds, self.blocks]:
             m.bfloat16()
 
+    def parameter_kinds(self) -> dict[str, list[Tensor]]:
+        """The parameters by kind: what each optimizer takes, and the groups of the weight-drift log."""
+        blocks = list(self.blocks)
+        return dict(embed=[self.embed1.weight, self.embed2.weight, *(e.weight for e in self.value_embeds)],
+                    head=[self.lm_head_w], attention=[b.attn.qkvo_w for b in blocks if b.attn is not None],
+                    mlp=[w for b in blocks for w in (b.mlp.fc_w, b.mlp.proj_w)], scalars=[self.scalars])
+
     def set_mlp_wd_mul(self, mul: float) -> None:
         """Muon multiplies its weight decay by a parameter's wd_mul."""
         for block in self.blocks:
@@ -1238,15 +1343,18 @@ def build_model(args: Hyperparameters, attention: str) -> GPT:
 def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_size: int = 1):
     """AdamW (embeddings, lm head, scalars), the hidden matrices' optimizer (Muon: the record) and Snoo
     around both (None with --snoo_k=0)."""
-    embeds = [model.embed1.weight, model.embed2.weight, *(e.weight for e in model.value_embeds)]
+    kinds = model.parameter_kinds()
+    embeds = kinds["embed"]
     matrices = [p for p in model.blocks.parameters() if p.ndim >= 2]
     on_cuda = model.lm_head_w.is_cuda
-    adam = torch.optim.AdamW(
-        [dict(params=[model.lm_head_w], lr=args.adam_head_lr),
-         dict(params=embeds, lr=args.adam_embed_lr),
-         dict(params=[model.scalars], lr=args.adam_scalar_lr)],
-        betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, weight_decay=args.adam_weight_decay,
-        fused=on_cuda or None)
+    groups = [dict(params=kinds["head"], lr=args.adam_head_lr), dict(params=embeds, lr=args.adam_embed_lr),
+              dict(params=kinds["scalars"], lr=args.adam_scalar_lr)]
+    settings = dict(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, weight_decay=args.adam_weight_decay)
+    variant = adam_variant(args)
+    if variant is None:  # the record
+        adam = torch.optim.AdamW(groups, **settings, fused=on_cuda or None)
+    else:
+        adam = AdamVariant(groups, lr=args.adam_head_lr, **settings, **variant)
     if args.matrix_optimizer == "muon":
         hidden = Muon(matrices, lr=args.muon_lr, weight_decay=args.muon_weight_decay, momentum=args.muon_momentum,
                       update_smoothing=args.update_smoothing, ns_impl=resolve_ns_impl(args.ns_impl, on_cuda),
@@ -1254,12 +1362,15 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_siz
     else:
         spec, settings = MATRIX_OPTIMIZERS[args.matrix_optimizer], matrix_optimizer_info(args)["settings"]
         spec["make"]([torch.zeros(2, 2, device=model.lm_head_w.device)], settings["lr"], settings, on_cuda)  # fails now, not later
+        scheduled = dict(lr=settings["lr"], **({"eps": settings["eps"]} if args.matrix_optimizer == "adam" else {}))
         hidden = MasterWeightMatrices(
-            matrices, lambda tensors, lr: spec["make"](tensors, lr, settings, on_cuda), lr=settings["lr"],
-            rank=rank, world_size=world_size)
+            matrices, lambda tensors, lr: spec["make"](tensors, lr, settings, on_cuda), rank=rank,
+            world_size=world_size, **scheduled)
     for opt in (adam, hidden):
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
+            if "eps" in group and not isinstance(opt, Muon):  # every Adam: the eps schedule's start
+                group["initial_eps"] = group["eps"]
     snoo = Snoo(model.parameters(), args.snoo_lr, args.snoo_momentum, args.snoo_k) if args.snoo_k else None
     return adam, hidden, snoo
 
@@ -1271,6 +1382,8 @@ def set_schedules(step: int, args: Hyperparameters, optimizers) -> None:
             group["lr"] = group["initial_lr"] * mult
             if isinstance(opt, Muon):
                 group["momentum"] = muon_momentum(step, args)
+            if "initial_eps" in group and args.adam_eps_max is not None:
+                group["eps"] = adam_eps_schedule(step, args, group["initial_eps"])
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -1499,6 +1612,17 @@ class RunLog:
         if step == num_iterations:
             self.summary.update(final_val_loss=val_loss, train_time_ms=train_time_ms,
                                 step_avg_ms=train_time_ms / max(step, 1))
+        self._save()
+
+    def log_drift(self, step: int, drift: dict) -> None:
+        """The weight drift of --log_weight_drift, added to the validation of that step."""
+        def num(x: Optional[float], spec: str) -> str:
+            return "n/a" if x is None else format(x, spec)
+
+        parts = [f"{name} rel {num(d['relative_distance'], '.4g')} cos {num(d['cosine'], '.6f')}"
+                 for name, d in drift.items()]
+        self.write(f"weight drift at step {step}: " + ", ".join(parts))
+        self.summary["val_losses"][-1]["weight_drift"] = drift
         self._save()
 
     def log_train(self, step: int, num_iterations: int, train_time_ms: float) -> None:
@@ -1784,6 +1908,23 @@ def evaluate(model, args: Hyperparameters, rt: Runtime, window: Tensor) -> float
 
 
 @torch.no_grad()
+def weight_drift(kinds: dict[str, list[Tensor]], initial: dict[str, list[Tensor]]) -> dict:
+    """Per kind of parameter: ||w - w0||, ||w - w0|| / ||w0|| and cos(w, w0) over all its tensors (None
+    where w0 or w is zero, as the zero-initialized head is at the start). Weight decay in closed form
+    and these diagnostics: thesis notes in our sources."""
+    out = {}
+    for name, params in kinds.items():
+        sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)  # |w-w0|², |w0|², |w|², <w, w0>
+        for p, p0 in zip(params, initial[name]):
+            w, w0 = p.detach().double(), p0.double()
+            sums += torch.stack([(w - w0).square().sum(), w0.square().sum(), w.square().sum(), (w * w0).sum()])
+        d2, n0, n, dot = sums.tolist()
+        out[name] = dict(distance=math.sqrt(d2), relative_distance=math.sqrt(d2 / n0) if n0 > 0 else None,
+                         cosine=dot / math.sqrt(n * n0) if n > 0 and n0 > 0 else None)
+    return out
+
+
+@torch.no_grad()
 def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens: int = 4096) -> dict:
     """HellaSwag accuracy: each candidate, <|endoftext|> + context + ending, is scored by the total
     (acc) and the mean (acc_norm) log-likelihood of the ending's tokens; the best-scored ending is
@@ -1902,6 +2043,10 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
 
     log = open_run_log(args, rt)
     log.summary.update(newton_schulz=newton_schulz, matrix_optimizer=matrix_optimizer_info(args))
+    if adam_variant(args):
+        schedule = dict(eps_max=args.adam_eps_max, start_frac=args.adam_eps_start_frac, end_frac=args.adam_eps_end_frac,
+                        growth=args.adam_eps_growth) if args.adam_eps_max is not None else None
+        log.summary["adam_variant"] = dict(**adam_variant(args), eps_schedule=schedule)
     status = "failed"
     try:
         status = train(args, rt, stopper, log, model, optimizers, snoo)
@@ -1945,6 +2090,9 @@ def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, mod
     log.write(matrix_optimizer_line(log.summary["matrix_optimizer"]), console=True)
     if muon:
         log.write(newton_schulz_line(log.summary["newton_schulz"]), console=True)
+    if log.summary.get("adam_variant"):
+        settings = ", ".join(f"{k}={format_value(v)}" for k, v in log.summary["adam_variant"].items())
+        log.write(f"adam: AdamVariant for every Adam ({settings})", console=True)
 
     windows: dict[int, Tensor] = {}  # one device tensor per window size: no host-to-device copy per step
 
@@ -1978,6 +2126,8 @@ def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, mod
     N = args.num_iterations
     training_time_ms = 0.0
     pending = None  # (step, loss and stop flag on the host, ready event): read one step late, the GPU never idles
+    kinds = model.parameter_kinds()
+    initial = {k: [p.detach().clone() for p in ps] for k, ps in kinds.items()} if args.log_weight_drift else None
     stopper.deferred = True  # from here a signal stops the run after a whole step, on every rank alike
     rt.barrier()
     t0 = time.perf_counter()
@@ -1990,6 +2140,8 @@ def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, mod
             if not math.isfinite(val_loss):
                 raise Diverged(f"at step {step}: non-finite validation loss {val_loss}")
             log.log_val(step, N, val_loss, training_time_ms)
+            if initial is not None:
+                log.log_drift(step, weight_drift(kinds, initial))
             rt.barrier()
             t0 = time.perf_counter()
         if last:

@@ -26,7 +26,7 @@ def build(name: str, params, rank: int = 0, world_size: int = 1, **overrides):
                        update_smoothing=args.update_smoothing, rank=rank, world_size=world_size)
     spec, settings = tg.MATRIX_OPTIMIZERS[name], tg.matrix_optimizer_info(args)["settings"]
     return tg.MasterWeightMatrices(params, lambda tensors, lr: spec["make"](tensors, lr, settings, False),
-                                   lr=settings["lr"], rank=rank, world_size=world_size)
+                                   rank=rank, world_size=world_size, lr=settings["lr"])
 
 
 def make_params(dtype=torch.bfloat16, seed=0):
