@@ -1244,6 +1244,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(model_dim, num_heads, head_dim, mlp_ratio * model_dim, has_attn=(i != NO_ATTENTION_BLOCK))
             for i in range(num_layers))
+        self.max_seq_len = max_seq_len
         self.rotary = Rotary(head_dim, max_seq_len)
         self.lm_head_w = nn.Parameter(torch.zeros(next_multiple_of(vocab_size, VOCAB_MULTIPLE), model_dim))
         L = num_layers
@@ -1474,9 +1475,21 @@ def check_data(args: Hyperparameters, world_size: int) -> None:
             f"{data_hint(args.val_files, need_shards)}")
 
 
+def stream_position(token_counts: list[int], step_tokens: int, steps: int) -> tuple[int, int]:
+    """(shard index, position in it) of the training stream after `steps` steps: what a resumed run
+    continues from (token_batches' rule: a step needs pos + step_tokens + 1 < the shard's length)."""
+    shard, pos = 0, 0
+    for _ in range(steps):
+        while pos + step_tokens + 1 >= token_counts[shard]:
+            shard, pos = shard + 1, 0
+        pos += step_tokens
+    return shard, pos
+
+
 def token_batches(files: list[Path], seq_len: int, seqs_per_step: int, rank: int, world_size: int,
-                  device: torch.device):
-    """Yield, per step, this rank's micro-batches [(inputs int32, targets int64), ...].
+                  device: torch.device, start: tuple[int, int] = (0, 0)):
+    """Yield, per step, this rank's micro-batches [(inputs int32, targets int64), ...], from start
+    (shard index, position; see stream_position).
 
     A step reads the next seqs_per_step * seq_len + 1 tokens; sequence i starts at pos + i * seq_len.
     Rank r takes sequences r * m .. r * m + m - 1 (m = seqs_per_step / world_size), so any world size
@@ -1485,15 +1498,16 @@ def token_batches(files: list[Path], seq_len: int, seqs_per_step: int, rank: int
     step_tokens = seqs_per_step * seq_len
     per_rank = seqs_per_step // world_size
     pin = device.type == "cuda"
-    shards = iter(files)
-    tokens, pos = load_shard(next(shards), pin), 0
+    shard, pos = start
+    shards = iter(files[shard:])
+    tokens = load_shard(next(shards), pin)
     while True:
         while pos + step_tokens + 1 >= len(tokens):
             tokens, pos = load_shard(next(shards), pin), 0
         batch = []
         for j in range(per_rank):
-            start = pos + (rank * per_rank + j) * seq_len
-            buf = tokens[start:start + seq_len + 1]
+            begin = pos + (rank * per_rank + j) * seq_len
+            buf = tokens[begin:begin + seq_len + 1]
             batch.append((buf[:-1].to(device=device, dtype=torch.int32, non_blocking=True),
                           buf[1:].to(device=device, dtype=torch.int64, non_blocking=True)))
         pos += step_tokens
@@ -1724,8 +1738,13 @@ def model_from_checkpoint(path, device) -> tuple[GPT, Hyperparameters, int]:
     ckpt = read_checkpoint(path)
     args = hyperparameters_from(ckpt["hyperparameters"], path)
     model = build_model(args, attention="dense")
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), args, window_blocks(ckpt["step"], args)
+    try:
+        model.load_state_dict(ckpt["model"])
+        step = ckpt["step"]
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"{path} does not hold this script's model ({describe_error(e)}): it was written by "
+                        f"another version of train_gpt.py.") from None
+    return model.to(device).eval(), args, window_blocks(step, args)
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -1930,10 +1949,18 @@ def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens:
     (acc) and the mean (acc_norm) log-likelihood of the ending's tokens; the best-scored ending is
     the prediction. Candidates are packed into sequences of up to max_tokens tokens: each starts a
     document, so document masking keeps them apart and one forward scores many (batched)."""
+    # Each candidate starts at an attention block and is padded with <|endoftext|> to whole blocks, so
+    # that the sliding windows see exactly what they see of the candidate alone.
+    max_tokens = min(max_tokens, model.max_seq_len)
     candidates = []  # (tokens, where the ending starts, example index, ending index)
     for i, (context, endings, _) in enumerate(examples):
         for j, ending in enumerate(endings):
-            candidates.append(([EOT_TOKEN, *context, *ending], 1 + len(context), i, j))
+            tokens = [EOT_TOKEN, *context, *ending]
+            if len(tokens) > model.max_seq_len:
+                raise UserError(f"HellaSwag example {i}, ending {j}: {len(tokens)} tokens, more than the model's "
+                                f"longest sequence ({model.max_seq_len}).")
+            pad = next_multiple_of(len(tokens), ATTN_BLOCK_SIZE) - len(tokens)
+            candidates.append((tokens + [EOT_TOKEN] * pad, 1 + len(context), len(tokens), i, j))
     total = torch.full((len(examples), HELLASWAG_ENDINGS), -math.inf, dtype=torch.float64)
     mean = total.clone()
     w = torch.tensor(window, dtype=torch.int32, device=device)
@@ -1942,9 +1969,9 @@ def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens:
         ids = torch.tensor([t for c in pack for t in c[0]], device=device)
         logp = torch.log_softmax(model.logits(ids, w), dim=-1)
         offset = 0
-        for tokens, start, i, j in pack:
-            targets = ids[offset + start:offset + len(tokens)]
-            ll = logp[offset + start - 1:offset + len(tokens) - 1].gather(1, targets[:, None]).double()
+        for tokens, start, end, i, j in pack:
+            targets = ids[offset + start:offset + end]
+            ll = logp[offset + start - 1:offset + end - 1].gather(1, targets[:, None]).double()
             total[i, j], mean[i, j] = ll.sum().item(), ll.mean().item()
             offset += len(tokens)
 
