@@ -11,11 +11,14 @@ Snoo" of 2025-09-30 (medium-track record 14): 5590 steps of 8 x 65,536 tokens on
 Sections: config, kernels, optimizers, model, data, logging, main().
 """
 
+import contextlib
 import copy
 import datetime
 import difflib
 import glob
+import hashlib
 import importlib.metadata
+import io
 import json
 import math
 import os
@@ -156,6 +159,11 @@ class Hyperparameters:
     coordinate_descent_tuning: bool = hp(True, "inductor coordinate-descent tuning (allowed on this track)")
     records_dir: str = hp("records", "where run logs go: <records_dir>/<record>/<run id>.txt and .json")
     record: str = hp("dev", "name of the folder of this batch of runs")
+    checkpoint_every: int = hp(0, "save a checkpoint to --resume from every N steps and at Ctrl-C/SIGTERM (0: off)")
+    resume: Optional[str] = hp(None, "continue the run of this checkpoint: same run id, its log appended")
+    hellaswag: bool = hp(False, "score HellaSwag after the last validation, off the clock (see evals/)")
+    hellaswag_file: str = hp("data/hellaswag/hellaswag_val.tokens.jsonl",
+                             "tokenized HellaSwag for --hellaswag (python evals/hellaswag.py --prepare)")
     log_weight_drift: bool = hp(False, "log ||w - w0|| / ||w0|| and cos(w, w0) per parameter group at every validation")
     save_checkpoint: bool = hp(False, "save the final weights to <records_dir>/<record>/<run id>.pt")
     preset: str = hp("record", "record | tiny (16 small layers for CPU; applied before the other options)")
@@ -269,8 +277,8 @@ def parse_value(name: str, text: str, typ):
         raise UserError(f"option --{name}={text!r}: expected {kind}{' (or none)' if optional else ''}.") from None
 
 
-def parse_args(argv: list[str]) -> Hyperparameters:
-    """--name=value (or --name value) for every field; --preset applies first, then the rest in order."""
+def parse_pairs(argv: list[str]) -> list[tuple[str, str]]:
+    """[(name, text)] of --name=value (or --name value) options, each name a field."""
     types = get_type_hints(Hyperparameters)
     pairs = []
     i = 0
@@ -290,12 +298,56 @@ def parse_args(argv: list[str]) -> Hyperparameters:
             value = argv[i]
         pairs.append((name, value))
         i += 1
+    return pairs
+
+
+def parse_args(argv: list[str]) -> Hyperparameters:
+    """Every field can be set as --name=value; --preset applies first, then the rest in order. With
+    --resume the checkpoint's hyperparameters apply first instead (see resume_args)."""
+    types = get_type_hints(Hyperparameters)
+    pairs = parse_pairs(argv)
+    resume = next((v for n, v in reversed(pairs) if n == "resume"), None)
+    if resume:
+        return resume_args(resume, pairs)
     preset = next((v for n, v in reversed(pairs) if n == "preset"), "record")
     if preset not in PRESETS:
         raise UserError(f"option --preset={preset!r}: expected one of {', '.join(PRESETS)}.")
     args = Hyperparameters(**PRESETS[preset], preset=preset)
     for name, value in pairs:
         setattr(args, name, parse_value(name, value, types[name]))
+    validate_args(args)
+    return args
+
+
+# What a resumed run may change: where it logs and checkpoints, what it reports, and how it computes (the
+# device, compilation, the Newton-Schulz implementation: rounding only, as the world size).
+# Data paths may change too (another machine): the resumed run checks that the shards are the same.
+RESUME_MAY_CHANGE = ("records_dir", "record", "checkpoint_every", "resume", "save_checkpoint", "hellaswag",
+                     "hellaswag_file", "device", "compile", "coordinate_descent_tuning", "ns_impl", "warmup_steps",
+                     "train_files", "val_files")
+
+
+def resume_args(path: str, pairs: list[tuple[str, str]]) -> Hyperparameters:
+    """The hyperparameters of the checkpoint's run. Options on the command line must agree with them,
+    except RESUME_MAY_CHANGE: a resumed run computes what the interrupted one would have."""
+    types = get_type_hints(Hyperparameters)
+    ckpt = read_checkpoint(path)
+    if "optimizers" not in ckpt:
+        raise UserError(f"--resume={path}: the checkpoint holds the final weights only (--save_checkpoint), not "
+                        f"the state a run continues from; resume from a <run id>.resume.pt of --checkpoint_every.")
+    args = hyperparameters_from(ckpt["hyperparameters"], path)
+    differing = []
+    for name, text in pairs:
+        value = parse_value(name, text, types[name])
+        if name in RESUME_MAY_CHANGE:
+            setattr(args, name, value)
+        elif value != getattr(args, name):
+            differing.append(f"--{name}={text} (the checkpoint's run: {format_value(getattr(args, name))})")
+    if differing:
+        raise UserError(f"--resume={path}: the checkpoint's run has other settings: {'; '.join(differing)}. "
+                        f"A resumed run computes what the interrupted one would have; only "
+                        f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)} may change. Drop these options, or "
+                        f"start a new run.")
     validate_args(args)
     return args
 
@@ -1566,20 +1618,27 @@ class RunLog:
     """<folder>/<run id>.txt (the speedrun's log) and <run id>.json (a summary for tools), both written
     as the run goes. Neither file is ever overwritten: a clash of run ids is an error."""
 
-    def __init__(self, folder, run_id: str, enabled: bool = True, console: bool = True):
+    def __init__(self, folder, run_id: str, enabled: bool = True, console: bool = True,
+                 resumed: Optional[dict] = None):
+        """resumed: the summary of a run that continues; its log is appended to (or started anew in
+        another folder) and its summary updated."""
         self.enabled, self.console = enabled, console
         self.summary = dict(format="speedrun-run/1", run_id=run_id, record=Path(folder).name, status="running",
                             log_file=f"{run_id}.txt", hyperparameters={}, environment={}, num_iterations=None,
                             val_losses=[], final_val_loss=None, train_time_ms=None, step_avg_ms=None,
                             steps_done=0, peak_memory_allocated_mib=None, peak_memory_reserved_mib=None)
+        if resumed is not None:
+            self.summary = {**resumed, "status": "running", "record": Path(folder).name}
         if not enabled:
             return
         folder = Path(folder)
         self.txt_path, self.json_path = folder / f"{run_id}.txt", folder / f"{run_id}.json"
+        self.appending = resumed is not None and self.txt_path.exists()
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self.txt = open(self.txt_path, "x", encoding="utf-8")
-            open(self.json_path, "x").close()
+            self.txt = open(self.txt_path, "a" if self.appending else "x", encoding="utf-8")
+            if resumed is None:
+                open(self.json_path, "x").close()
         except FileExistsError as e:
             raise UserError(f"{e.filename} already exists; run logs are never overwritten. "
                             f"Choose another --record or run id.") from None
@@ -1646,6 +1705,12 @@ class RunLog:
                    console_note=f"  ({left_s // 60}m{left_s % 60:02d}s of training left)")
         self.summary["steps_done"] = step
 
+    def log_hellaswag(self, result: dict) -> None:
+        self.write(f"hellaswag: acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} (n={result['n']}, "
+                   f"{result['seconds']:.1f}s; not on the clock)", console=True)
+        self.summary["hellaswag"] = result
+        self._save()
+
     def log_memory(self, allocated_mib: int, reserved_mib: int) -> None:
         self.write(f"peak memory allocated: {allocated_mib} MiB reserved: {reserved_mib} MiB", console=True)
         self.summary.update(peak_memory_allocated_mib=allocated_mib, peak_memory_reserved_mib=reserved_mib)
@@ -1707,7 +1772,7 @@ def read_checkpoint(path) -> dict:
     """A checkpoint written by this script, loaded on the CPU with weights_only=True."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors read when used
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist.") from None
     except OSError as e:
@@ -1745,6 +1810,117 @@ def model_from_checkpoint(path, device) -> tuple[GPT, Hyperparameters, int]:
         raise UserError(f"{path} does not hold this script's model ({describe_error(e)}): it was written by "
                         f"another version of train_gpt.py.") from None
     return model.to(device).eval(), args, window_blocks(step, args)
+
+
+def source_digest() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def shard_list(pattern: str) -> list[tuple[str, int]]:
+    """(file name, tokens) of the shards a glob matches, in reading order: what a checkpoint's data was."""
+    return [(f.name, read_shard_header(f)) for f in sorted(Path(f) for f in glob.glob(pattern))]
+
+
+def to_cpu(value):
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
+def owned_indices(opt: MatrixOptimizer) -> set[int]:
+    """The state_dict indices of the matrices this rank updates."""
+    owned, index = set(), 0
+    for group in opt.param_groups:
+        for j in range(len(group["params"])):
+            if opt.owns(j):
+                owned.add(index)
+            index += 1
+    return owned
+
+
+# A matrix optimizer's state_dict entries that hold per-matrix state, each on the rank that owns the matrix
+PER_MATRIX_STATE = ("state", "inner")
+
+
+def gathered_state_dict(opt: torch.optim.Optimizer, rt: "Runtime") -> Optional[dict]:
+    """opt's state_dict on the CPU, with the matrix state of every rank merged into rank 0's (None on the
+    other ranks): one file holds the whole run, and any world size can load it."""
+    if not isinstance(opt, MatrixOptimizer) or rt.world_size == 1:
+        return to_cpu(opt.state_dict()) if rt.master else None  # the same on every rank
+    saved = opt.state_dict()
+    local = {k: saved[k] for k in PER_MATRIX_STATE if k in saved}
+    # as torch.save bytes: gather_object's own pickling cannot carry uint16 tensors (the mantissas)
+    buffer = io.BytesIO()
+    torch.save(to_cpu(local), buffer)
+    parts = [None] * rt.world_size if rt.master else None
+    dist.gather_object(buffer.getvalue(), parts, dst=0)
+    if not rt.master:
+        return None
+    parts = [torch.load(io.BytesIO(part), weights_only=True) for part in parts]
+    merged = to_cpu({k: v for k, v in saved.items() if k not in PER_MATRIX_STATE})
+    for key in local:
+        merged[key] = {index: entry for part in parts for index, entry in part[key].items()}
+    return merged
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """A gathered state_dict into opt: a matrix optimizer keeps the matrices this rank updates."""
+    if isinstance(opt, MatrixOptimizer):
+        owned = owned_indices(opt)
+        saved = {**saved, **{k: {i: v for i, v in saved[k].items() if i in owned}
+                              for k in PER_MATRIX_STATE if k in saved}}
+    opt.load_state_dict(saved)
+
+
+def write_atomically(payload: dict, path: Path) -> int:
+    """torch.save to path through a temporary file: a save that is killed leaves the previous file whole.
+    Returns the size in bytes."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+def data_identity(args: Hyperparameters) -> dict:
+    """(file name, tokens) of the train and val shards a run reads: a resumed run must read the same."""
+    used = {}
+    for split, pattern, step_tokens, steps in (
+            ("train", args.train_files, args.seqs_per_step * args.train_seq_len, args.num_iterations),
+            ("val", args.val_files, args.seqs_per_step * args.val_seq_len,
+             args.val_tokens // (args.seqs_per_step * args.val_seq_len))):
+        shards = shard_list(pattern)
+        used[split] = shards[:stream_position([n for _, n in shards], step_tokens, steps)[0] + 1]
+    return used
+
+
+def check_resumable(ckpt: dict, args: Hyperparameters) -> None:
+    """A checkpoint continues only with the script and the data that wrote it."""
+    if ckpt.get("source_sha256") != source_digest():
+        raise UserError(f"--resume={args.resume}: the checkpoint was written by another train_gpt.py (its source "
+                        f"differs from {Path(__file__).name}'s), so the resumed run would not compute what the "
+                        f"interrupted one would have. Resume with the script that wrote it: it is at the top of "
+                        f"the run's log.")
+    now = data_identity(args)
+    for split in ("train", "val"):
+        if [tuple(x) for x in ckpt["data"][split]] != now[split]:
+            raise UserError(f"--resume={args.resume}: the {split} shards differ from the checkpoint's run "
+                            f"(it read {format_shards(ckpt['data'][split])}; --{split}_files={getattr(args, split + '_files')} "
+                            f"now gives {format_shards(now[split])}). Point --{split}_files at the same data.")
+
+
+def format_shards(shards: list) -> str:
+    return ", ".join(f"{name} ({tokens:,} tokens)" for name, tokens in shards) or "no shards"
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -2030,12 +2206,14 @@ def newton_schulz_line(info: dict) -> str:
     return line + ")"
 
 
-def open_run_log(args: Hyperparameters, rt: Runtime) -> RunLog:
-    """Rank 0 creates the log files; every rank learns whether that worked, so none waits forever."""
-    run_id = f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+def open_run_log(args: Hyperparameters, rt: Runtime, ckpt: Optional[dict] = None) -> RunLog:
+    """Rank 0 creates the log files (or, resuming, reopens them); every rank learns whether that
+    worked, so none waits forever."""
+    run_id = ckpt["run_id"] if ckpt else f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
     error = None
     try:
-        log = RunLog(Path(args.records_dir) / args.record, run_id, enabled=rt.master)
+        log = RunLog(Path(args.records_dir) / args.record, run_id, enabled=rt.master,
+                     resumed=ckpt["summary"] if ckpt else None)
     except UserError as e:
         error, log = e, None
     if not rt.all_ranks_ok(error is None):
@@ -2053,22 +2231,33 @@ def warmup_description(compiled_model: bool, compiled_update: bool, ns_impl: str
 def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
     # Everything that can fail on the user's input or this machine happens before any file is created.
     check_data(args, rt.world_size)
+    ckpt = read_checkpoint(args.resume) if args.resume else None
+    if ckpt:
+        check_resumable(ckpt, args)
+    hellaswag = read_hellaswag(args.hellaswag_file) if args.hellaswag else None
     if args.seed is None:
         args.seed = secrets.randbits(31)
     torch.manual_seed(args.seed)
     on_cuda = rt.device.type == "cuda"
     model = build_model(args, attention="flex" if on_cuda else "dense").to(rt.device)
-    if rt.world_size > 1:
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+    elif rt.world_size > 1:
         for p in model.parameters():
             dist.broadcast(p.detach(), 0)
     adam, hidden, snoo = build_optimizers(model, args, rt.rank, rt.world_size)
     optimizers = [adam, hidden]
+    if ckpt:
+        for opt, saved in zip(optimizers, ckpt["optimizers"]):
+            load_optimizer_state(opt, saved)
+        if snoo:
+            snoo.load_state_dict(ckpt["snoo"])
     newton_schulz = None
     if isinstance(hidden, Muon):
         newton_schulz = choose_newton_schulz(args.ns_impl, rt, [tuple(g["params"][0].shape) for g in hidden.param_groups])
         hidden.set_ns_impl(newton_schulz["used"])
 
-    log = open_run_log(args, rt)
+    log = open_run_log(args, rt, ckpt)
     log.summary.update(newton_schulz=newton_schulz, matrix_optimizer=matrix_optimizer_info(args))
     if adam_variant(args):
         schedule = dict(eps_max=args.adam_eps_max, start_frac=args.adam_eps_start_frac, end_frac=args.adam_eps_end_frac,
@@ -2076,7 +2265,7 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
         log.summary["adam_variant"] = dict(**adam_variant(args), eps_schedule=schedule)
     status = "failed"
     try:
-        status = train(args, rt, stopper, log, model, optimizers, snoo)
+        status = Training(args, rt, stopper, log, model, optimizers, snoo, ckpt, hellaswag).run()
     except Diverged as e:
         log.write(f"DIVERGED {e}; run stopped.", console=True)
         status = "diverged"
@@ -2098,105 +2287,204 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
     return EXIT_DIVERGED if status == "diverged" else 0
 
 
-def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, model: GPT, optimizers: list,
-          snoo: Optional[Snoo]) -> str:
-    """The logged part of a run: header, kernel warmup, training and validation. Returns the status."""
-    on_cuda = rt.device.type == "cuda"
-    muon = next((opt for opt in optimizers if isinstance(opt, Muon)), None)
-    compiled = model
-    if on_cuda and args.compile:
-        import torch._inductor.config as inductor_config
-        inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
-        compiled = torch.compile(model, dynamic=False)
+class Training:
+    """The logged part of a run: the header, the kernel warmup, training with its validations and
+    checkpoints, and what follows the last step. run() returns the status."""
 
-    if rt.master:
-        print(f"logging to {log.txt_path}", flush=True)
-        log.set_header(Path(__file__).read_text(encoding="utf-8"),
-                       environment_info(rt.device, rt.world_size), asdict(args))
-    log.write(f"parameters: {sum(p.numel() for p in model.parameters()):,}", console=True)
-    log.write(matrix_optimizer_line(log.summary["matrix_optimizer"]), console=True)
-    if muon:
-        log.write(newton_schulz_line(log.summary["newton_schulz"]), console=True)
-    if log.summary.get("adam_variant"):
-        settings = ", ".join(f"{k}={format_value(v)}" for k, v in log.summary["adam_variant"].items())
-        log.write(f"adam: AdamVariant for every Adam ({settings})", console=True)
+    def __init__(self, args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, model: GPT,
+                 optimizers: list, snoo: Optional[Snoo], ckpt: Optional[dict], hellaswag: Optional[list]):
+        self.args, self.rt, self.stopper, self.log, self.model = args, rt, stopper, log, model
+        self.optimizers, self.snoo, self.ckpt, self.hellaswag = optimizers, snoo, ckpt, hellaswag
+        self.on_cuda = rt.device.type == "cuda"
+        self.muon = next((opt for opt in optimizers if isinstance(opt, Muon)), None)
+        self.compiled = model
+        if self.on_cuda and args.compile:
+            import torch._inductor.config as inductor_config
+            inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
+            self.compiled = torch.compile(model, dynamic=False)
+        self.windows: dict[int, Tensor] = {}  # one device tensor per window size: no copy to the GPU per step
+        self.training_time_ms = ckpt["train_time_ms"] if ckpt else 0.0
+        self.t0 = 0.0
+        self.kinds = model.parameter_kinds()
+        self.initial = None  # the weights at step 0, for --log_weight_drift
+        if args.log_weight_drift:
+            saved = ckpt["initial_weights"] if ckpt else {k: ps for k, ps in self.kinds.items()}
+            self.initial = {k: [p.detach().to(rt.device, copy=True) for p in ps] for k, ps in saved.items()}
+        folder = Path(args.records_dir) / args.record
+        self.resume_path = folder / f"{log.summary['run_id']}.resume.pt"
+        self.weights_path = folder / f"{log.summary['run_id']}.pt"
 
-    windows: dict[int, Tensor] = {}  # one device tensor per window size: no host-to-device copy per step
+    def window(self, step: int) -> Tensor:
+        w = window_blocks(step, self.args)
+        if w not in self.windows:
+            self.windows[w] = torch.tensor(w, dtype=torch.int32, device=self.rt.device)
+        return self.windows[w]
 
-    def window(step: int) -> Tensor:
-        w = window_blocks(step, args)
-        if w not in windows:
-            windows[w] = torch.tensor(w, dtype=torch.int32, device=rt.device)
-        return windows[w]
+    @contextlib.contextmanager
+    def off_the_clock(self):
+        """Validation and checkpoints: every rank's work stops the clock, and restarts it."""
+        self.rt.barrier()
+        self.training_time_ms += 1000 * (time.perf_counter() - self.t0)
+        yield
+        self.rt.barrier()
+        self.t0 = time.perf_counter()
 
-    micro_batches = args.seqs_per_step // rt.world_size
-    # Kernel warmup: compile and autotune on random tokens, then restore the initial state (untimed).
-    if args.warmup_steps:
-        warmup_start = time.perf_counter()
-        saved = snapshot(model, optimizers, snoo)
+    def elapsed_ms(self) -> float:
+        return self.training_time_ms + 1000 * (time.perf_counter() - self.t0)
+
+    def header(self) -> None:
+        args, rt, log = self.args, self.rt, self.log
+        if rt.master:
+            print(f"logging to {log.txt_path}", flush=True)
+            if self.ckpt is None or not log.appending:
+                log.set_header(Path(__file__).read_text(encoding="utf-8"), environment_info(rt.device, rt.world_size),
+                               asdict(args))
+        if self.ckpt:
+            resumed = dict(step=self.ckpt["step"], checkpoint=str(args.resume), world_size=rt.world_size,
+                           date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+            log.write(f"RESUMED from {args.resume} at step {resumed['step']}/{args.num_iterations} "
+                      f"(world size {rt.world_size}, {resumed['date']})", console=True)
+            log.summary.setdefault("resumed", []).append(resumed)
+            if rt.master and log.appending:  # the environment of this part of the run
+                for key, value in environment_info(rt.device, rt.world_size).items():
+                    if key not in ("python", "nvidia-smi"):
+                        log.write(f"  {key}: {value}")
+        log.write(f"parameters: {sum(p.numel() for p in self.model.parameters()):,}", console=True)
+        log.write(matrix_optimizer_line(log.summary["matrix_optimizer"]), console=True)
+        if self.muon:
+            log.write(newton_schulz_line(log.summary["newton_schulz"]), console=True)
+        if log.summary.get("adam_variant"):
+            settings = ", ".join(f"{k}={format_value(v)}" for k, v in log.summary["adam_variant"].items())
+            log.write(f"adam: AdamVariant for every Adam ({settings})", console=True)
+
+    def warmup(self) -> None:
+        """Compile and autotune on random tokens, then restore the state from before (untimed)."""
+        args, rt = self.args, self.rt
+        start = time.perf_counter()
+        saved = snapshot(self.model, self.optimizers, self.snoo)
         for _ in range(args.warmup_steps):
             batch = [(torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device, dtype=torch.int32),
                       torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device))
-                     for _ in range(micro_batches)]
-            train_step(compiled, batch, window(0), rt, optimizers, snoo)
-        restore(saved, model, optimizers, snoo)
+                     for _ in range(args.seqs_per_step // rt.world_size)]
+            train_step(self.compiled, batch, self.window(0), rt, self.optimizers, self.snoo)
+        restore(saved, self.model, self.optimizers, self.snoo)
         del saved
         rt.synchronize()
-        did = warmup_description(compiled is not model, muon is not None and muon.compiled, muon and muon.ns_impl)
-        log.write(f"kernel warmup: {args.warmup_steps} steps in {time.perf_counter() - warmup_start:.1f}s "
-                  f"({did}; not on the clock)", console=True)
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats(rt.device)  # the warmup's saved state is not the run's
+        did = warmup_description(self.compiled is not self.model, self.muon is not None and self.muon.compiled,
+                                 self.muon and self.muon.ns_impl)
+        self.log.write(f"kernel warmup: {args.warmup_steps} steps in {time.perf_counter() - start:.1f}s "
+                       f"({did}; not on the clock)", console=True)
 
-    train_batches = token_batches(shard_files(args.train_files, "train_files", ""), args.train_seq_len,
-                                  args.seqs_per_step, rt.rank, rt.world_size, rt.device)
-    N = args.num_iterations
-    training_time_ms = 0.0
-    pending = None  # (step, loss and stop flag on the host, ready event): read one step late, the GPU never idles
-    kinds = model.parameter_kinds()
-    initial = {k: [p.detach().clone() for p in ps] for k, ps in kinds.items()} if args.log_weight_drift else None
-    stopper.deferred = True  # from here a signal stops the run after a whole step, on every rank alike
-    rt.barrier()
-    t0 = time.perf_counter()
-    for step in range(N + 1):
-        last = step == N
-        if last or (args.val_loss_every and step % args.val_loss_every == 0):
+    def validate(self, step: int) -> None:
+        val_loss = evaluate(self.compiled, self.args, self.rt, self.window(step))
+        if not math.isfinite(val_loss):
+            raise Diverged(f"at step {step}: non-finite validation loss {val_loss}")
+        self.log.log_val(step, self.args.num_iterations, val_loss, self.training_time_ms)
+        if self.initial is not None:
+            self.log.log_drift(step, weight_drift(self.kinds, self.initial))
+
+    def save_resume_checkpoint(self, step: int, validated: Optional[int]) -> None:
+        """Everything the run's future depends on, gathered into one file on rank 0 (every rank takes part)."""
+        args, rt = self.args, self.rt
+        start = time.perf_counter()
+        optimizers = [gathered_state_dict(opt, rt) for opt in self.optimizers]
+        if not rt.master:
+            return
+        payload = dict(
+            format=CHECKPOINT_FORMAT, run_id=self.log.summary["run_id"], step=step, validated_step=validated,
+            train_time_ms=self.training_time_ms, world_size=rt.world_size, hyperparameters=asdict(args),
+            source_sha256=source_digest(), data=data_identity(args), data_position=list(self.position(step)),
+            model=to_cpu(self.model.state_dict()), optimizers=optimizers,
+            snoo=to_cpu(self.snoo.state_dict()) if self.snoo else None,
+            rng=dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(rt.device) if self.on_cuda else None),
+            summary=json.loads(json.dumps(self.log.summary)), initial_weights=to_cpu(self.initial) if self.initial else None)
+        size = write_atomically(payload, self.resume_path)
+        self.log.write(f"checkpoint at step {step}: {self.resume_path} ({size / 2**30:.2f} GiB in "
+                       f"{time.perf_counter() - start:.1f}s; not on the clock)", console=True)
+
+    def position(self, step: int) -> tuple[int, int]:
+        args = self.args
+        counts = [read_shard_header(f) for f in shard_files(args.train_files, "train_files", "")]
+        return stream_position(counts, args.seqs_per_step * args.train_seq_len, step)
+
+    def run(self) -> str:
+        args, rt, log, N = self.args, self.rt, self.log, self.args.num_iterations
+        self.header()
+        if args.warmup_steps:
+            self.warmup()
+        if self.ckpt:  # the random state the run had (only the warmup draws random numbers)
+            torch.set_rng_state(self.ckpt["rng"]["cpu"])
+            if self.on_cuda and self.ckpt["rng"]["cuda"] is not None:
+                torch.cuda.set_rng_state(self.ckpt["rng"]["cuda"], rt.device)
+        if self.on_cuda:
+            torch.cuda.reset_peak_memory_stats(rt.device)  # the warmup's saved state is not the run's
+
+        first = self.ckpt["step"] if self.ckpt else 0
+        validated = self.ckpt["validated_step"] if self.ckpt else None
+        train_batches = token_batches(shard_files(args.train_files, "train_files", ""), args.train_seq_len,
+                                      args.seqs_per_step, rt.rank, rt.world_size, rt.device, self.position(first))
+        pending = None  # (step, loss and stop flag on the host, ready event): read one step late, the GPU never idles
+        self.stopper.deferred = True  # from here a signal stops the run after a whole step, on every rank alike
+        rt.barrier()
+        self.t0 = time.perf_counter()
+        for step in range(first, N + 1):
+            last = step == N
+            if (last or (args.val_loss_every and step % args.val_loss_every == 0)) and step != validated:
+                with self.off_the_clock():
+                    self.validate(step)
+                validated = step
+            if args.checkpoint_every and step % args.checkpoint_every == 0 and step not in (first, N):
+                with self.off_the_clock():
+                    self.save_resume_checkpoint(step, validated)
+            if last:
+                break
+            set_schedules(step, args, self.optimizers)
+            reported = train_step(self.compiled, next(train_batches), self.window(step), rt, self.optimizers,
+                                  self.snoo, self.stopper.requested)
+            if pending is not None:
+                done, host, ready = pending
+                if ready is not None:
+                    ready.synchronize()
+                loss, stop = host.tolist()
+                if not math.isfinite(loss):
+                    raise Diverged(f"at step {done}: non-finite train loss {loss}")
+                if stop > 0:
+                    log.log_train(step + 1, N, self.elapsed_ms())
+                    self.stopper.signum = self.stopper.signum or signal.SIGTERM  # another rank's signal
+                    if args.checkpoint_every:
+                        with self.off_the_clock():
+                            self.save_resume_checkpoint(step + 1, validated)
+                    raise Interrupted(self.stopper.signum)
+            pending = (step + 1, *rt.to_host(reported))
+            log.log_train(step + 1, N, self.elapsed_ms())
+        if self.on_cuda:
+            log.log_memory(torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20)
+        self.finish()
+        return "finished"
+
+    def finish(self) -> None:
+        """After the last validation, off the clock: the final weights and HellaSwag, when asked."""
+        args, rt, log = self.args, self.rt, self.log
+        if args.save_checkpoint and rt.master:
+            # every rank holds all weights (the matrix optimizers all-gather), so rank 0's copy is the model
+            payload = dict(format=CHECKPOINT_FORMAT, run_id=log.summary["run_id"], step=args.num_iterations,
+                           hyperparameters=asdict(args), model=to_cpu(self.model.state_dict()))
+            size = write_atomically(payload, self.weights_path)
+            log.write(f"checkpoint: {self.weights_path} ({size / 2**30:.2f} GiB, final weights)", console=True)
+        if self.hellaswag is not None:
+            if rt.master:
+                start = time.perf_counter()
+                self.model.eval()
+                self.model.attention, attention = "dense", self.model.attention  # exact at these lengths
+                try:
+                    result = hellaswag_score(self.model, self.hellaswag, window_blocks(args.num_iterations, args),
+                                             rt.device)
+                finally:
+                    self.model.attention = attention
+                    self.model.train()
+                result["seconds"] = time.perf_counter() - start
+                log.log_hellaswag(result)
             rt.barrier()
-            training_time_ms += 1000 * (time.perf_counter() - t0)
-            val_loss = evaluate(compiled, args, rt, window(step))
-            if not math.isfinite(val_loss):
-                raise Diverged(f"at step {step}: non-finite validation loss {val_loss}")
-            log.log_val(step, N, val_loss, training_time_ms)
-            if initial is not None:
-                log.log_drift(step, weight_drift(kinds, initial))
-            rt.barrier()
-            t0 = time.perf_counter()
-        if last:
-            break
-        set_schedules(step, args, optimizers)
-        reported = train_step(compiled, next(train_batches), window(step), rt, optimizers, snoo, stopper.requested)
-        if pending is not None:
-            done, host, ready = pending
-            if ready is not None:
-                ready.synchronize()
-            loss, stop = host.tolist()
-            if not math.isfinite(loss):
-                raise Diverged(f"at step {done}: non-finite train loss {loss}")
-            if stop > 0:
-                log.log_train(step + 1, N, training_time_ms + 1000 * (time.perf_counter() - t0))
-                stopper.signum = stopper.signum or signal.SIGTERM  # another rank's signal
-                raise Interrupted(stopper.signum)
-        pending = (step + 1, *rt.to_host(reported))
-        log.log_train(step + 1, N, training_time_ms + 1000 * (time.perf_counter() - t0))
-    if on_cuda:
-        log.log_memory(torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20)
-    if args.save_checkpoint and rt.master:
-        # every rank holds all weights (Muon all-gathers), so rank 0's copy is the model
-        with open(log.txt_path.with_suffix(".pt"), "xb") as f:
-            torch.save(dict(format=CHECKPOINT_FORMAT, model=model.state_dict(), hyperparameters=asdict(args),
-                            run_id=log.summary["run_id"], step=N), f)
-        log.write(f"checkpoint: {log.txt_path.with_suffix('.pt')}", console=True)
-    return "finished"
 
 
 def main(argv: list[str]) -> int:
