@@ -1,84 +1,52 @@
-"""The hyperparameters, presets and command line: the defaults are the record spec's numbers."""
-import os
+"""The hyperparameters, presets and command line. The record's values are pinned in test_record.py;
+here every expectation comes from Hyperparameters, PRESETS and the script's constants."""
 import subprocess
 import sys
+from dataclasses import fields
+from typing import Optional, Union, get_args, get_origin, get_type_hints
 
 import pytest
 import torch
 
 import train_gpt as tg
 
-from conftest import REPO
+from conftest import REPO, cpu_env
 
-# Every number of ../shared/spec/record.md that is a hyperparameter or a constant of the script.
-RECORD_DEFAULTS = dict(
-    train_files="data/fineweb10B/fineweb_train_*.bin",
-    val_files="data/fineweb10B/fineweb_val_*.bin",
-    val_tokens=10_485_760,
-    train_seq_len=65_536,
-    val_seq_len=262_144,
-    seqs_per_step=8,
-    num_iterations=5590,
-    cooldown_frac=0.7,
-    final_lr_frac=0.01,
-    max_window_tokens=3456,
-    val_loss_every=125,
-    warmup_steps=10,
-    vocab_size=50257,
-    num_layers=16,
-    num_heads=8,
-    head_dim=128,
-    model_dim=1024,
-    mlp_ratio=4,
-    adam_head_lr=1 / 320,
-    adam_embed_lr=0.3,
-    adam_scalar_lr=0.015,
-    adam_beta1=0.8,
-    adam_beta2=0.95,
-    adam_eps=1e-10,
-    adam_weight_decay=0.0,
-    muon_lr=0.03,
-    muon_weight_decay=0.01,
-    mlp_wd_mul=2.0,
-    muon_momentum=0.95,
-    muon_momentum_start=0.85,
-    muon_momentum_warmup_steps=300,
-    update_smoothing=0.2,
-    snoo_k=28,
-    snoo_lr=0.68,
-    snoo_momentum=0.37,
-    seed=None,
-)
+RECORD = tg.Hyperparameters()
+TINY = tg.PRESETS["tiny"]
 
 
-def test_defaults_are_the_record():
-    args = tg.Hyperparameters()
-    for name, value in RECORD_DEFAULTS.items():
-        assert getattr(args, name) == value, name
-    # 8 ranks x 65,536 tokens per step; 5 validation steps of 8 x 262,144
-    assert args.seqs_per_step * args.train_seq_len == 524_288
-    assert args.val_tokens // (args.seqs_per_step * args.val_seq_len) == 5
+def type_text(typ) -> str:
+    """How --help names a field's type, written from the command line's rules: `int`, `int or none`,
+    `float,float` for a pair, `float,...` for any length."""
+    optional = get_origin(typ) is Union
+    if optional:
+        (typ,) = [t for t in get_args(typ) if t is not type(None)]
+    if get_origin(typ) is tuple:
+        members = get_args(typ)
+        text = f"{members[0].__name__},..." if members[-1] is Ellipsis else ",".join(t.__name__ for t in members)
+    else:
+        text = typ.__name__
+    return text + (" or none" if optional else "")
 
 
-def test_constants_are_the_record():
-    assert (tg.SHARD_MAGIC, tg.SHARD_VERSION, tg.SHARD_HEADER_INTS) == (20240520, 1, 256)
-    assert tg.FINEWEB_SHARD_TOKENS == 100_000_000
-    assert tg.EOT_TOKEN == 50256
-    assert tg.ATTN_BLOCK_SIZE == 128 and tg.VOCAB_MULTIPLE == 128
-    assert tg.ATTN_SCALE == 0.12 and tg.LOGIT_SOFTCAP == 15 and tg.ROPE_MIN_FREQ == 1 / 1024
-    assert tg.INIT_GAIN == 0.5
-    assert tg.EVAL_LOGIT_CHUNKS == 4
-    assert tg.NUM_VALUE_EMBEDS == 5 and tg.NO_ATTENTION_BLOCK == 7
-    assert tg.LONG_WINDOW_BLOCKS == (0, 4, 11, 15)
-    assert tg.UNET_SKIPS == {9: 6, 10: 4, 11: 2}
-    assert tg.NS_COEFFS == (
-        (4.0848, -6.8946, 2.9270),
-        (3.9505, -6.3029, 2.6377),
-        (3.7418, -5.5913, 2.3037),
-        (2.8769, -3.1427, 1.2046),
-        (2.8366, -3.0525, 1.2012),
-    )
-    assert tg.NS_EPS == 1e-7
+def check_every_field_has_a_command_line(script) -> None:
+    """Every field: its type is one the command line handles, its default survives format -> parse,
+    and --help shows `--name=value (type): help`."""
+    types = get_type_hints(script.Hyperparameters)
+    defaults = script.Hyperparameters()
+    help_lines = script.help_text().splitlines()
+    for f in fields(script.Hyperparameters):
+        typ, default = types[f.name], getattr(defaults, f.name)
+        script.field_type(typ)  # raises TypeError for a type the command line cannot parse
+        text = script.format_value(default)
+        parsed = script.parse_value(f.name, text, typ)
+        assert parsed == default and type(parsed) is type(default), (f.name, text, parsed)
+        assert f"  --{f.name}={text} ({type_text(typ)}): {f.metadata['help']}" in help_lines, f.name
+
+
+def test_every_field_has_a_command_line():
+    check_every_field_has_a_command_line(tg)
 
 
 def test_overrides_are_typed():
@@ -91,48 +59,123 @@ def test_overrides_are_typed():
     assert tg.parse_args(["--seed=none"]).seed is None
 
 
+@pytest.mark.parametrize("text, value", [(t, True) for t in ("1", "true", "yes", "on", "TRUE", "On")]
+                         + [(t, False) for t in ("0", "false", "no", "off", "False", "OFF")])
+def test_bool_spellings(text, value):
+    assert tg.parse_value("compile", text, bool) is value
+
+
+@pytest.mark.parametrize("typ, text, value", [
+    (Optional[float], "none", None),
+    (Optional[float], "None", None),
+    (Optional[float], "", None),
+    (Optional[float], "0.5", 0.5),
+    (Optional[float], "-2e-3", -2e-3),
+    (Optional[int], "none", None),
+    (Optional[int], "7", 7),
+    (tuple[float, float], "0.9,0.95", (0.9, 0.95)),
+    (tuple[float, float], " 0.9 , 0.95 ", (0.9, 0.95)),
+    (tuple[int, int, int], "1,2,3", (1, 2, 3)),
+    (tuple[bool, bool], "true,off", (True, False)),
+    (tuple[float, ...], "1", (1.0,)),
+    (tuple[float, ...], "1,2.5,3", (1.0, 2.5, 3.0)),
+    (Optional[tuple[float, float]], "none", None),
+    (Optional[tuple[float, float]], "0.8,0.95", (0.8, 0.95)),
+])
+def test_parse_value_handles_optionals_and_tuples(typ, text, value):
+    parsed = tg.parse_value("x", text, typ)
+    assert parsed == value and type(parsed) is type(value)
+    if value is not None:
+        assert tg.parse_value("x", tg.format_value(value), typ) == value  # and back
+
+
+@pytest.mark.parametrize("typ, text, expected", [
+    (Optional[float], "abc", "expected a finite number (or none)"),
+    (float, "inf", "expected a finite number"),
+    (float, "nan", "expected a finite number"),
+    (int, "2.5", "expected an integer"),
+    (bool, "maybe", "expected true or false"),
+    (tuple[float, float], "0.9", "expected 2 comma-separated values, each a finite number"),
+    (tuple[float, float], "0.9,0.95,0.99", "expected 2 comma-separated values"),
+    (tuple[float, float], "0.9,", "expected 2 comma-separated values"),
+    (tuple[float, float], "a,b", "expected 2 comma-separated values, each a finite number"),
+    (tuple[int, int], "1,2.5", "each an integer"),
+    (tuple[float, ...], "", "expected one or more comma-separated values"),
+    (tuple[float, ...], "1,x", "expected one or more comma-separated values"),
+    (Optional[tuple[float, float]], "1", "expected 2 comma-separated values, each a finite number (or none)"),
+])
+def test_bad_values_name_the_option(typ, text, expected):
+    with pytest.raises(tg.UserError) as err:
+        tg.parse_value("adam_betas", text, typ)
+    assert str(err.value).startswith(f"option --adam_betas={text!r}: ") and expected in str(err.value)
+
+
+@pytest.mark.parametrize("typ, text", [
+    (int, "int"), (float, "float"), (bool, "bool"), (str, "str"), (Optional[int], "int or none"),
+    (Optional[float], "float or none"), (tuple[float, float], "float,float"), (tuple[float, ...], "float,..."),
+    (Optional[tuple[int, int]], "int,int or none"),
+])
+def test_describe_type(typ, text):
+    assert tg.describe_type(typ) == type_text(typ) == text
+
+
+@pytest.mark.parametrize("typ", [list[int], dict, dict[str, int], list, bytes, complex, Optional[list[int]],
+                                 Union[int, str], Union[int, str, None], tuple[int, float], tuple[()],
+                                 tuple[list[int], list[int]]], ids=str)
+def test_unsupported_field_types_are_type_errors(typ):
+    with pytest.raises(TypeError, match="unsupported field type"):
+        tg.field_type(typ)
+
+
+@pytest.mark.parametrize("value, text", [
+    (None, "none"), (True, "true"), (False, "false"), (3, "3"), (0.5, "0.5"), (1 / 320, "0.003125"),
+    ((0.9, 0.95), "0.9,0.95"), ((True, False), "true,false"), ("a/b_*.bin", "a/b_*.bin"),
+])
+def test_format_value(value, text):
+    assert tg.format_value(value) == text
+
+
 def test_tiny_preset_applies_first_then_overrides():
     args = tg.parse_args(["--num_iterations=5", "--preset=tiny"])
-    assert args.preset == "tiny" and args.model_dim == 128 and args.num_iterations == 5
-    assert args.num_layers == 16 and args.seqs_per_step >= 2
-    assert args.train_files == "data/sample/sample_train_*.bin"
+    assert args.preset == "tiny" and args.num_iterations == 5
+    for f in fields(tg.Hyperparameters):
+        if f.name not in ("num_iterations", "preset"):
+            assert getattr(args, f.name) == TINY.get(f.name, getattr(RECORD, f.name)), f.name
+    # the tiny model keeps the record's layer structure and can split its steps over two processes
+    assert args.num_layers == tg.RECORD_NUM_LAYERS and args.seqs_per_step % 2 == 0
 
 
 @pytest.mark.parametrize("argv, needle", [
     (["--num_iteration=5"], "unknown option --num_iteration. Did you mean --num_iterations?"),
     (["--num_iterations=abc"], "--num_iterations='abc': expected an integer"),
     (["--compile=maybe"], "expected true or false"),
-    (["--preset=huge"], "--preset='huge': expected one of record, tiny"),
-    (["--val_tokens=1000"], "must be a multiple of seqs_per_step * val_seq_len = 2097152"),
-    (["--train_seq_len=1000"], "multiple of the attention block"),
-    (["--num_layers=12"], "defined for 16 layers"),
+    (["--preset=huge"], f"--preset='huge': expected one of {', '.join(tg.PRESETS)}"),
+    ([f"--val_tokens={RECORD.seqs_per_step * RECORD.val_seq_len + 1}"],
+     f"must be a multiple of seqs_per_step * val_seq_len = {RECORD.seqs_per_step * RECORD.val_seq_len}"),
+    ([f"--train_seq_len={tg.ATTN_BLOCK_SIZE + 1}"], "multiple of the attention block"),
+    ([f"--num_layers={tg.RECORD_NUM_LAYERS - 4}"], f"defined for {tg.RECORD_NUM_LAYERS} layers"),
     (["--ns_impl=cuda"], "expected auto, triton or torch"),
     (["--num_iterations"], "needs a value"),
     (["positional"], "unexpected argument"),
     (["--num_iterations=0"], "must be positive"),
 ])
 def test_bad_options_are_named(argv, needle):
-    with pytest.raises(tg.UserError, match=None) as err:
+    with pytest.raises(tg.UserError) as err:
         tg.parse_args(argv)
     assert needle in str(err.value)
 
 
 def test_world_size_must_divide_sequences(monkeypatch):
-    args = tg.parse_args(["--preset=tiny"])
-    for ws in ("1", "2"):
-        monkeypatch.setenv("WORLD_SIZE", ws)
-        assert tg.resolve_runtime(args).world_size == int(ws)
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(tg.UserError, match="WORLD_SIZE=3 does not divide --seqs_per_step=2"):
-        tg.resolve_runtime(args)
-    record = tg.parse_args(["--device=cpu"])
-    for ws in (1, 2, 4, 8):
-        monkeypatch.setenv("WORLD_SIZE", str(ws))
-        assert tg.resolve_runtime(record).world_size == ws
-    for ws in (3, 6, 16):
-        monkeypatch.setenv("WORLD_SIZE", str(ws))
-        with pytest.raises(tg.UserError):
-            tg.resolve_runtime(record)
+    for argv in (["--preset=tiny"], ["--device=cpu"]):
+        args = tg.parse_args(argv)
+        for ws in range(1, 2 * args.seqs_per_step + 1):
+            monkeypatch.setenv("WORLD_SIZE", str(ws))
+            if args.seqs_per_step % ws == 0:
+                assert tg.resolve_runtime(args).world_size == ws
+            else:
+                message = f"WORLD_SIZE={ws} does not divide --seqs_per_step={args.seqs_per_step}"
+                with pytest.raises(tg.UserError, match=message):
+                    tg.resolve_runtime(args)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU rules")
@@ -146,18 +189,29 @@ def test_device_rules_without_gpu(monkeypatch):
     assert tg.resolve_runtime(tg.parse_args(["--device=cpu"])).device.type == "cpu"
 
 
-def run_script(*argv, cwd=REPO, **env):
-    full_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **env}
-    return subprocess.run([sys.executable, str(REPO / "train_gpt.py"), *argv], cwd=cwd, env=full_env,
+def run_script(*argv, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "train_gpt.py"), *argv], cwd=cwd, env=cpu_env(),
                           capture_output=True, text=True, timeout=120)
 
 
-def test_help_lists_every_option_and_exits_zero(tmp_path):
+def test_help_lists_every_option_and_the_presets_and_exits_zero(tmp_path):
     out = run_script("--help", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    for f in tg.fields(tg.Hyperparameters):
-        assert f"--{f.name}=" in out.stdout
-    assert "--num_iterations=5590 (int)" in out.stdout
+    assert out.stdout == tg.help_text() + "\n"
+    lines = out.stdout.splitlines()
+    for f in fields(tg.Hyperparameters):
+        assert sum(line.startswith(f"  --{f.name}=") for line in lines) == 1, f.name
+    # each preset on one line as the options it sets, in the command line's own syntax
+    for name, overrides in tg.PRESETS.items():
+        (line,) = [line for line in lines if line.startswith(f"  {name}: ")]
+        settings = line.removeprefix(f"  {name}: ")
+        if overrides:
+            assert settings.split(" ") == [f"--{k}={tg.format_value(v)}" for k, v in overrides.items()]
+            # and as options they give the preset's configuration
+            assert vars(tg.parse_args(settings.split(" "))) == {**vars(tg.parse_args([f"--preset={name}"])),
+                                                                "preset": "record"}
+        else:
+            assert "the defaults" in settings
     assert list(tmp_path.iterdir()) == []  # wrote nothing
 
 
@@ -174,7 +228,7 @@ def test_import_has_no_side_effects(tmp_path):
             "import torch.distributed as dist; "
             "print(torch.cuda.is_initialized(), dist.is_initialized())")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+                         env=cpu_env(PYTHONPATH=str(REPO)), timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
     assert list(tmp_path.iterdir()) == []

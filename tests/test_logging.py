@@ -1,4 +1,5 @@
-"""The log's line formats and the run files: exact formats, flushed as written, never overwritten."""
+"""The log's line formats and the run files: exact formats, flushed as written, never overwritten.
+(The record's published line is reproduced in test_record.py.)"""
 import json
 
 import pytest
@@ -7,10 +8,12 @@ import train_gpt as tg
 
 
 def test_line_formats_are_the_speedruns():
-    assert tg.format_val_line(5590, 5590, 2.9191612, 1404459.4) == \
-        "step:5590/5590 val_loss:2.919161 train_time:1404459ms step_avg:251.24ms"  # the published line
-    assert tg.format_val_line(0, 5590, 10.8258, 0.0) == "step:0/5590 val_loss:10.825800 train_time:0ms step_avg:0.00ms"
-    assert tg.format_train_line(1, 5590, 251.24) == "step:1/5590 train_time:251ms step_avg:251.24ms"
+    # 6 decimals of loss, whole ms of time, 2 decimals of ms per step (step 0 divides by 1)
+    assert tg.format_val_line(0, 1000, 10.8258, 0.0) == "step:0/1000 val_loss:10.825800 train_time:0ms step_avg:0.00ms"
+    assert tg.format_val_line(1000, 1000, 3.12345678, 123456.7) == \
+        "step:1000/1000 val_loss:3.123457 train_time:123457ms step_avg:123.46ms"
+    assert tg.format_train_line(1, 1000, 251.24) == "step:1/1000 train_time:251ms step_avg:251.24ms"
+    assert tg.format_train_line(3, 1000, 1000.0) == "step:3/1000 train_time:1000ms step_avg:333.33ms"
 
 
 def test_run_log_files(tmp_path):
@@ -30,8 +33,8 @@ def test_run_log_files(tmp_path):
     log.finish("finished")
     lines = txt.read_text().splitlines()
     # the speedrun's header, then ours
-    assert lines[:7] == ["print('source')", "=" * 100, "Running Python 3.11.7 (main)",
-                         "Running PyTorch 2.11.0 compiled for CUDA 13.0", "line1", "line2", "=" * 100]
+    assert lines[:7] == ["print('source')", tg.LOG_RULE, "Running Python 3.11.7 (main)",
+                         "Running PyTorch 2.11.0 compiled for CUDA 13.0", "line1", "line2", tg.LOG_RULE]
     assert lines[7] == "world_size: 8"
     assert "  num_iterations = 3" in lines and "  seed = 4" in lines
     assert lines[-6:] == [

@@ -1,5 +1,12 @@
-"""Muon, Snoo and the schedules against independent computations written from the record spec."""
+"""Muon, Snoo and the schedules against independent computations written from the spec's rules.
+
+The record's settings (lr 0.03, momentum 0.85 -> 0.95 over 300 steps, window 27 at the end, ...) are
+pinned in test_record.py; here the expected values are the spec's formulas evaluated with the numbers of
+the script (Hyperparameters, tg.NS_COEFFS). The check_* helpers take the script module as `script`, so
+test_record.py can run them on a changed copy.
+"""
 import copy
+import itertools
 import math
 
 import pytest
@@ -9,16 +16,16 @@ import train_gpt as tg
 
 
 def ns_reference(G):
-    """Newton-Schulz as the spec words it, written here independently of train_gpt. bf16 rounding
-    makes the result depend on the order of operations, so it follows the record's: c * A @ A is
-    (c * A) @ A, and the Frobenius norm is taken of the bf16 matrix."""
+    """Newton-Schulz as the spec words it, written here independently of train_gpt (only the
+    coefficients and the epsilon are the script's). bf16 rounding makes the result depend on the
+    order of operations, so it follows the record's: c * A @ A is (c * A) @ A, and the Frobenius
+    norm is taken of the bf16 matrix."""
     X = G.bfloat16()
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for a, b, c in [(4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
-                    (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012)]:
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + tg.NS_EPS)
+    for a, b, c in tg.NS_COEFFS:
         A = X @ X.mT
         B = b * A + c * A @ A
         X = a * X + B @ X
@@ -207,56 +214,110 @@ def test_snoo_with_k1_is_update_smoothing():
     assert (smoothed - plain).abs().max() > 3e-3
 
 
-def spec_window_blocks(step, n=5590):
-    x = step / n
-    v = 3456 * (4 * x**3 - 6 * x**2 + 3 * x)
-    tokens = next(i for i in range(128, int(v) + 256, 128) if i >= v)
-    return tokens // 128
+def spec_window_blocks(step, args, block):
+    """The smallest multiple of the attention block >= max_window_tokens * f(x) and >= one block."""
+    x = step / args.num_iterations
+    v = args.max_window_tokens * (4 * x**3 - 6 * x**2 + 3 * x)
+    tokens = next(i for i in itertools.count(block, block) if i >= v)
+    return tokens // block
 
 
-def test_schedules_match_the_spec():
-    args = tg.Hyperparameters()
-    for step in range(0, 5591):
-        assert tg.window_blocks(step, args) == spec_window_blocks(step), step
-        x = step / 5590
-        lr = 1.0 if x < 0.3 else (1 - x) / 0.7 * 0.99 + 0.01
-        assert tg.lr_multiplier(step, args) == pytest.approx(lr, abs=1e-12), step
-        mu = 0.85 + min(step / 300, 1) * 0.10
-        assert tg.muon_momentum(step, args) == pytest.approx(mu, abs=1e-12), step
-    assert tg.window_blocks(0, args) == 1 and tg.window_blocks(5590, args) == 27
-    assert tg.window_blocks(2795, args) == 14  # f(0.5) = 0.5: 1728 tokens -> 1792
-    assert tg.lr_multiplier(1676, args) == 1.0 and tg.lr_multiplier(5590, args) == pytest.approx(0.01)
-    assert tg.muon_momentum(0, args) == 0.85 and tg.muon_momentum(150, args) == pytest.approx(0.90)
-    assert tg.muon_momentum(300, args) == tg.muon_momentum(4000, args) == 0.95
+def spec_lr_multiplier(step, args):
+    """1, then linear from 1 at x = 1 - cooldown_frac down to final_lr_frac at the end."""
+    x = step / args.num_iterations
+    if x < 1 - args.cooldown_frac:
+        return 1.0
+    return (1 - x) / args.cooldown_frac * (1 - args.final_lr_frac) + args.final_lr_frac
 
 
-def test_optimizer_groups_are_the_record():
-    args = tg.Hyperparameters()
+def spec_muon_momentum(step, args):
+    warmup = args.muon_momentum_warmup_steps
+    frac = min(step / warmup, 1) if warmup else 1
+    return args.muon_momentum_start + frac * (args.muon_momentum - args.muon_momentum_start)
+
+
+def check_schedules(script, args) -> None:
+    """Window, lr multiplier and Muon momentum at every step of the run against the spec's formulas."""
+    for step in range(args.num_iterations + 1):
+        assert script.window_blocks(step, args) == spec_window_blocks(step, args, script.ATTN_BLOCK_SIZE), step
+        assert script.lr_multiplier(step, args) == pytest.approx(spec_lr_multiplier(step, args), abs=1e-12), step
+        assert script.muon_momentum(step, args) == pytest.approx(spec_muon_momentum(step, args), abs=1e-12), step
+
+
+@pytest.mark.parametrize("args", [
+    tg.Hyperparameters(),
+    tg.parse_args(["--preset=tiny"]),
+    tg.Hyperparameters(num_iterations=1000, cooldown_frac=0.5, final_lr_frac=0.1, max_window_tokens=1000,
+                       muon_momentum_start=0.5, muon_momentum=0.9, muon_momentum_warmup_steps=0),
+], ids=["defaults", "tiny", "other"])
+def test_schedules_follow_the_spec(args):
+    check_schedules(tg, args)
+
+
+def check_optimizer_groups(script, args) -> None:
+    """The optimizers of args' model (on the meta device): which parameters go where, with which settings."""
     with torch.device("meta"):
-        model = tg.build_model(args, "flex")
-        adam, muon, snoo = tg.build_optimizers(model, args)
+        model = script.build_model(args, "flex")
+        adam, hidden, snoo = script.build_optimizers(model, args)
     head, embeds, scalars = adam.param_groups
-    assert head["params"] == [model.lm_head_w] and head["lr"] == 1 / 320
-    assert len(embeds["params"]) == 7 and embeds["lr"] == 0.3
-    assert scalars["params"] == [model.scalars] and scalars["lr"] == 0.015
+    assert head["params"] == [model.lm_head_w] and head["lr"] == args.adam_head_lr
+    assert embeds["params"] == [model.embed1.weight, model.embed2.weight, *(e.weight for e in model.value_embeds)]
+    assert len(embeds["params"]) == 2 + script.NUM_VALUE_EMBEDS and embeds["lr"] == args.adam_embed_lr
+    assert scalars["params"] == [model.scalars] and scalars["lr"] == args.adam_scalar_lr
     d = adam.defaults
-    assert d["betas"] == (0.8, 0.95) and d["eps"] == 1e-10 and d["weight_decay"] == 0
-    muon_params = [p for g in muon.param_groups for p in g["params"]]
-    assert len(muon_params) == 47 and all(p.ndim >= 2 for p in muon_params)
-    # groups by shape, largest first
-    assert [tuple(g["params"][0].shape) for g in muon.param_groups] == [(4096, 1024), (1024, 4096), (4, 1024, 1024)]
-    for g in muon.param_groups:
-        assert (g["lr"], g["weight_decay"], g["momentum"], g["update_smoothing"]) == (0.03, 0.01, 0.95, 0.2)
-    assert snoo.k == 28 and len(snoo.params) == len(list(model.parameters()))
-    sgd = snoo.sgd.param_groups[0]
-    assert (sgd["lr"], sgd["momentum"], sgd["nesterov"]) == (0.68, 0.37, True)
-    args.snoo_k = 0
-    with torch.device("meta"):
-        assert tg.build_optimizers(model, args)[2] is None
-    tg.set_schedules(4000, tg.Hyperparameters(), [adam, muon])
-    mult = tg.lr_multiplier(4000, tg.Hyperparameters())
-    assert head["lr"] == pytest.approx(mult / 320) and muon.param_groups[0]["lr"] == pytest.approx(0.03 * mult)
-    assert muon.param_groups[0]["momentum"] == 0.95
+    assert d["betas"] == (args.adam_beta1, args.adam_beta2) and d["eps"] == args.adam_eps
+    assert d["weight_decay"] == args.adam_weight_decay
+    # the hidden matrices: every block matrix (>= 2 dims), one group per shape, largest shape first
+    matrices = [p for b in model.blocks for p in b.parameters() if p.ndim >= 2]
+    L, D, H = args.num_layers, args.model_dim, args.num_heads * args.head_dim
+    with_attention = sum(i != script.NO_ATTENTION_BLOCK for i in range(L))
+    assert len(matrices) == 2 * L + with_attention
+    hidden_params = [p for g in hidden.param_groups for p in g["params"]]
+    assert sorted(map(id, hidden_params)) == sorted(map(id, matrices))
+    shapes = sorted({(args.mlp_ratio * D, D), (D, args.mlp_ratio * D), (4, H, D)}, reverse=True)
+    assert [tuple(g["params"][0].shape) for g in hidden.param_groups] == shapes
+    assert all(len({p.shape for p in g["params"]}) == 1 for g in hidden.param_groups)
+    muon = args.matrix_optimizer == "muon"
+    if muon:
+        assert isinstance(hidden, script.Muon)
+        for g in hidden.param_groups:
+            assert (g["lr"], g["weight_decay"], g["momentum"], g["update_smoothing"]) == \
+                (args.muon_lr, args.muon_weight_decay, args.muon_momentum, args.update_smoothing)
+        matrix_lr = args.muon_lr
+    else:  # the published lr of --matrix_optimizer, or --matrix_lr
+        published = script.MATRIX_OPTIMIZERS[args.matrix_optimizer]["settings"]["lr"]
+        matrix_lr = published if args.matrix_lr is None else args.matrix_lr
+        assert all(g["lr"] == matrix_lr for g in hidden.param_groups)
+    if args.snoo_k:
+        assert snoo.k == args.snoo_k and snoo.params == list(model.parameters())
+        sgd = snoo.sgd.param_groups[0]
+        assert (sgd["lr"], sgd["momentum"], sgd["nesterov"]) == (args.snoo_lr, args.snoo_momentum, True)
+    else:
+        assert snoo is None
+    # the schedules scale every group's initial lr and set Muon's momentum
+    for step in (0, args.num_iterations // 2, args.num_iterations):
+        script.set_schedules(step, args, [adam, hidden])
+        mult = spec_lr_multiplier(step, args)
+        assert head["lr"] == pytest.approx(args.adam_head_lr * mult)
+        assert embeds["lr"] == pytest.approx(args.adam_embed_lr * mult)
+        assert scalars["lr"] == pytest.approx(args.adam_scalar_lr * mult)
+        for g in hidden.param_groups:
+            assert g["lr"] == pytest.approx(matrix_lr * mult)
+            if muon:
+                assert g["momentum"] == pytest.approx(spec_muon_momentum(step, args))
+
+
+@pytest.mark.parametrize("args", [
+    tg.Hyperparameters(),
+    tg.parse_args(["--preset=tiny"]),
+    tg.Hyperparameters(adam_head_lr=0.01, adam_embed_lr=0.2, adam_scalar_lr=0.02, adam_beta1=0.9, adam_beta2=0.99,
+                       adam_eps=1e-8, adam_weight_decay=0.1, muon_lr=0.05, muon_weight_decay=0.0,
+                       muon_momentum=0.9, update_smoothing=0.0, snoo_k=0),
+    tg.Hyperparameters(matrix_optimizer="adam", matrix_lr=0.01),
+    tg.Hyperparameters(matrix_optimizer="shampoo"),
+], ids=["defaults", "tiny", "other", "adam matrices", "shampoo matrices"])
+def test_optimizer_groups_follow_the_arguments(args):
+    check_optimizer_groups(tg, args)
 
 
 def test_warmup_state_is_restored_exactly():
@@ -267,7 +328,8 @@ def test_warmup_state_is_restored_exactly():
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     saved = tg.snapshot(model, [adam, muon], snoo)
     rt = tg.Runtime(0, 1, torch.device("cpu"))
-    batch = [(torch.randint(0, 1000, (512,), dtype=torch.int32), torch.randint(0, 1000, (512,)))] * 2
+    batch = [(torch.randint(0, 1000, (args.train_seq_len,), dtype=torch.int32),
+              torch.randint(0, 1000, (args.train_seq_len,)))] * args.seqs_per_step
     for _ in range(2):
         tg.train_step(model, batch, torch.tensor(1, dtype=torch.int32), rt, [adam, muon], snoo)
     assert not torch.equal(model.lm_head_w, initial["lm_head_w"]) and len(muon.state) > 0
