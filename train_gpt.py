@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -211,7 +212,7 @@ def field_type(typ) -> tuple[type, bool, Optional[int]]:
     handles bool, int, float and str, Optional[...] of one, and tuples of one (tuple[float, float] or
     tuple[float, ...], written a,b); any other type is a TypeError (tests walk every field)."""
     optional = False
-    if get_origin(typ) is Union:
+    if get_origin(typ) in (Union, types.UnionType):  # Optional[X] or X | None
         members = [t for t in get_args(typ) if t is not type(None)]
         if len(members) != 1 or len(get_args(typ)) != 2:
             raise TypeError(f"unsupported field type {typ}")

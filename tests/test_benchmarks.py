@@ -1,14 +1,12 @@
 """The benchmark scripts run: the node check's smoke mode end to end (its GPU mode is the same code)."""
-import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, cpu_env
 
 
 def run_check(*argv):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py"), *argv], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py"), *argv], cwd=REPO, env=cpu_env(),
                           capture_output=True, text=True, timeout=300)
 
 

