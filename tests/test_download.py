@@ -95,6 +95,7 @@ def run_script(args, endpoint, tmp_path, offline=False):
         HF_HOME=str(tmp_path / "hf_home"),  # no user cache or token leaks in
         HF_HUB_DISABLE_TELEMETRY="1",
         NO_PROXY="127.0.0.1,localhost",
+        OMP_NUM_THREADS="1",
     )
     return subprocess.run(
         [sys.executable, str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True, timeout=60
@@ -112,8 +113,8 @@ def test_defaults_match_the_record():
     assert (dl.RECORD_STEPS, dl.TOKENS_PER_STEP) == (args.num_iterations, args.seqs_per_step * args.train_seq_len)
     assert dl.SHARD_TOKENS == tg.FINEWEB_SHARD_TOKENS
     # the loader's own count of steps per shard agrees
-    assert dl.STEPS_PER_SHARD == tg.steps_in_shard(dl.SHARD_TOKENS, dl.TOKENS_PER_STEP) == 190
-    assert dl.DEFAULT_TRAIN_SHARDS == 30
+    assert dl.STEPS_PER_SHARD == tg.steps_in_shard(dl.SHARD_TOKENS, dl.TOKENS_PER_STEP)
+    assert dl.DEFAULT_TRAIN_SHARDS == -(-args.num_iterations // dl.STEPS_PER_SHARD)  # enough shards, no more
     assert dl.wanted_files(2) == [VAL, train(1), train(2)]
     assert dl.DEFAULT_DIR == REPO / "data" / "fineweb10B"
 
@@ -122,7 +123,10 @@ def test_help_explains_n_in_tokens_and_steps(tmp_path):
     result = run_script(["--help"], "http://127.0.0.1:9", tmp_path)
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    for fact in ["100,000,000", "524,288", "190 steps", "5590 steps", "2.93B tokens", "need 30 shards", "103"]:
+    facts = [f"{dl.SHARD_TOKENS:,}", f"{dl.TOKENS_PER_STEP:,}", f"{dl.STEPS_PER_SHARD} steps", f"{dl.RECORD_STEPS} steps",
+             f"{dl.RECORD_STEPS * dl.TOKENS_PER_STEP / 1e9:.2f}B tokens", f"need {dl.DEFAULT_TRAIN_SHARDS} shards",
+             str(dl.TOTAL_TRAIN_SHARDS)]
+    for fact in facts:
         assert fact in text, fact
 
 
