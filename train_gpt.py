@@ -307,7 +307,7 @@ def parse_args(argv: list[str]) -> Hyperparameters:
     --resume the checkpoint's hyperparameters apply first instead (see resume_args)."""
     types = get_type_hints(Hyperparameters)
     pairs = parse_pairs(argv)
-    resume = next((v for n, v in reversed(pairs) if n == "resume"), None)
+    resume = parse_value("resume", next((v for n, v in reversed(pairs) if n == "resume"), "none"), Optional[str])
     if resume:
         return resume_args(resume, pairs)
     preset = next((v for n, v in reversed(pairs) if n == "preset"), "record")
@@ -353,6 +353,9 @@ def resume_args(path: str, pairs: list[tuple[str, str]]) -> Hyperparameters:
     return args
 
 
+EPS_SCHEDULE_MAX_EXPONENT = 700  # exp() of more overflows a double
+
+
 def validate_args(args: Hyperparameters) -> None:
     def need(ok: bool, msg: str):
         if not ok:
@@ -361,7 +364,7 @@ def validate_args(args: Hyperparameters) -> None:
     for name in ("val_tokens", "train_seq_len", "val_seq_len", "seqs_per_step", "num_iterations",
                  "max_window_tokens", "vocab_size", "num_heads", "head_dim", "model_dim", "mlp_ratio"):
         need(getattr(args, name) > 0, f"option --{name}={getattr(args, name)}: must be positive.")
-    for name in ("val_loss_every", "warmup_steps", "snoo_k", "muon_momentum_warmup_steps"):
+    for name in ("val_loss_every", "warmup_steps", "snoo_k", "muon_momentum_warmup_steps", "checkpoint_every"):
         need(getattr(args, name) >= 0, f"option --{name}={getattr(args, name)}: must be >= 0.")
     for name in ("train_seq_len", "val_seq_len"):
         need(getattr(args, name) % ATTN_BLOCK_SIZE == 0,
@@ -387,6 +390,11 @@ def validate_args(args: Hyperparameters) -> None:
              f"options --adam_eps_start_frac={args.adam_eps_start_frac} and --adam_eps_end_frac="
              f"{args.adam_eps_end_frac}: need 0 <= start < end <= 1.")
         need(args.adam_eps_growth > 0, f"option --adam_eps_growth={args.adam_eps_growth}: must be positive.")
+        exponent = args.adam_eps_growth * args.num_iterations * (args.adam_eps_end_frac - args.adam_eps_start_frac)
+        need(exponent < EPS_SCHEDULE_MAX_EXPONENT,
+             f"option --adam_eps_growth={args.adam_eps_growth}: the schedule's exp(growth x steps of growth) = "
+             f"exp({exponent:.4g}) overflows; use a rate below "
+             f"{EPS_SCHEDULE_MAX_EXPONENT / (args.num_iterations * (args.adam_eps_end_frac - args.adam_eps_start_frac)):.3g}.")
     choices = ("muon", *MATRIX_OPTIMIZERS)
     need(args.matrix_optimizer in choices,
          f"option --matrix_optimizer={args.matrix_optimizer!r}: expected one of {', '.join(choices)}.")
@@ -399,9 +407,12 @@ def validate_args(args: Hyperparameters) -> None:
              f"its own options (--muon_lr, --muon_weight_decay, --muon_momentum).")
         need(name in MATRIX_OPTIMIZERS[args.matrix_optimizer]["settings"],
              f"option --matrix_{name}: --matrix_optimizer={args.matrix_optimizer} has no such setting.")
-        values = value if isinstance(value, tuple) else (value,)
-        need(all(v >= 0 for v in values) and (name != "precondition_frequency" or value >= 1),
-             f"option --matrix_{name}={format_value(value)}: must be positive.")
+        if name == "betas":
+            need(all(0 <= b < 1 for b in value), f"option --matrix_betas={format_value(value)}: each in [0, 1).")
+        elif name == "precondition_frequency":
+            need(value >= 1, f"option --matrix_precondition_frequency={value}: must be at least 1.")
+        else:
+            need(value >= 0, f"option --matrix_{name}={format_value(value)}: must be 0 or more.")
     need(args.record and "/" not in args.record and args.record not in (".", ".."),
          f"option --record={args.record!r}: must be a plain folder name.")
 
@@ -451,7 +462,7 @@ if triton is not None:
         # Untuned choices for H100 (no GPU was at hand): the usual Hopper bf16 tile, 128 x 128 with
         # BLOCK_K 64 (32 KiB of shared memory per stage), 8 or 4 warps, 3-4 stages; and 64 x 64 tiles,
         # because a 1024-row output has only 36 lower-triangle 128-tiles for 132 SMs (64-tiles: 136).
-        # The autotuner times them per shape at the first call, which is in the untimed warmup;
+        # The autotuner times them per shape at the first call, in the startup check (before the clock);
         # benchmarks/bench_newton_schulz.py prints the picks and is how a GPU session confirms them.
         _SYM_CONFIGS = [triton.Config(dict(BLOCK=block, BLOCK_K=block_k), num_warps=warps, num_stages=stages)
                         for block, block_k, warps, stages in ((128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 4),
@@ -586,8 +597,9 @@ def check_newton_schulz_triton(device: torch.device, shapes: list[tuple[int, ...
 
 
 def resolve_ns_impl(requested: str, on_cuda: bool) -> str:
-    """The Newton-Schulz implementation a run uses for --ns_impl: auto is triton on CUDA when triton
-    imports, else torch. triton needs triton and CUDA, or TRITON_INTERPRET=1 (the tests, on CPU)."""
+    """The candidate Newton-Schulz implementation for --ns_impl (choose_newton_schulz decides): auto is
+    triton on CUDA when triton imports, else torch. triton needs triton and CUDA, or TRITON_INTERPRET=1
+    (the tests, on CPU)."""
     if requested == "torch":
         return "torch"
     if requested == "auto":
@@ -629,13 +641,14 @@ def time_ms(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def measure_newton_schulz(device: torch.device, shapes: list[tuple[int, ...]],
+def measure_newton_schulz(device: torch.device, shapes: list[tuple[int, ...]], compiled: bool = True,
                           repeats: int = NS_TIMING_REPEATS) -> dict[str, float]:
-    """ms of one pass over one matrix of each shape, for the compiled torch path and the Triton path
-    (compiles and autotunes both first)."""
+    """ms of one pass over one matrix of each shape, for the torch path (compiled, unless the run does
+    not compile) and the Triton path; compiles and autotunes both first."""
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = [torch.randn(shape, device=device, generator=gen) for shape in shapes]
-    paths = dict(torch=torch.compile(newton_schulz_torch, dynamic=False), triton=newton_schulz_triton)
+    torch_ns = torch.compile(newton_schulz_torch, dynamic=False) if compiled else newton_schulz_torch
+    paths = dict(torch=torch_ns, triton=newton_schulz_triton)
     return {name: time_ms(lambda: [ns(x) for x in inputs], device, repeats) for name, ns in paths.items()}
 
 
@@ -715,14 +728,14 @@ def muon_update_fn(ns_impl: str, compiled: bool):
     return update
 
 
-def load_saved(value, device):
-    """A saved optimizer state as it was saved (dtypes kept), on device."""
+def copy_to(value, device):
+    """A copy of a state (tensors in dicts, lists, tuples) on device, dtypes kept."""
     if isinstance(value, Tensor):
-        return value.to(device=device, copy=True)
+        return value.detach().to(device=device, copy=True)
     if isinstance(value, dict):
-        return {k: load_saved(v, device) for k, v in value.items()}
+        return {k: copy_to(v, device) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(load_saved(v, device) for v in value)
+        return type(value)(copy_to(v, device) for v in value)
     return value
 
 
@@ -751,7 +764,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
         super().load_state_dict({**state_dict, "state": {}})
         params = [p for group in self.param_groups for p in group["params"]]
         for index, saved in state_dict["state"].items():
-            self.state[params[index]] = load_saved(saved, params[index].device)
+            self.state[params[index]] = copy_to(saved, params[index].device)
 
     def _update(self, p: Tensor, group: dict) -> None:
         raise NotImplementedError
@@ -762,7 +775,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             params = group["params"]
             for base in range(0, len(params), self.world_size):
-                if base + self.rank < len(params):
+                if base + self.rank < len(params):  # member base + rank: the one this rank owns
                     self._update(params[base + self.rank], group)
                 if self.world_size > 1:
                     members = params[base:base + self.world_size]
@@ -1103,7 +1116,8 @@ class Snoo:
         self.counter += 1
 
     def state_dict(self) -> dict:
-        return dict(counter=self.counter, copy=[c.clone() for c in self.copy], sgd=self.sgd.state_dict())
+        # a copy: torch's state_dict holds the live momentum buffers, which the next outer step changes
+        return dict(counter=self.counter, copy=[c.clone() for c in self.copy], sgd=copy.deepcopy(self.sgd.state_dict()))
 
     def load_state_dict(self, state: dict) -> None:
         self.counter = state["counter"]
@@ -1605,6 +1619,9 @@ def read_hellaswag(path) -> list[tuple[list[int], list[list[int]], int]]:
 # logging
 
 
+MIB, GIB = 2**20, 2**30
+
+
 def format_val_line(step: int, num_iterations: int, val_loss: float, train_time_ms: float) -> str:
     return (f"step:{step}/{num_iterations} val_loss:{val_loss:.6f} train_time:{train_time_ms:.0f}ms "
             f"step_avg:{train_time_ms / max(step, 1):.2f}ms")
@@ -1717,6 +1734,10 @@ class RunLog:
         self.summary.update(peak_memory_allocated_mib=allocated_mib, peak_memory_reserved_mib=reserved_mib)
         self._save()
 
+    def set_status(self, status: str) -> None:
+        self.summary["status"] = status
+        self._save()
+
     def finish(self, status: str) -> None:
         self.summary["status"] = status
         self._save()
@@ -1822,16 +1843,6 @@ def shard_list(pattern: str) -> list[tuple[str, int]]:
     return [(f.name, read_shard_header(f)) for f in sorted(Path(f) for f in glob.glob(pattern))]
 
 
-def to_cpu(value):
-    if isinstance(value, Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_cpu(v) for v in value)
-    return value
-
-
 def owned_indices(opt: MatrixOptimizer) -> set[int]:
     """The state_dict indices of the matrices this rank updates."""
     owned, index = set(), 0
@@ -1851,18 +1862,18 @@ def gathered_state_dict(opt: torch.optim.Optimizer, rt: "Runtime") -> Optional[d
     """opt's state_dict on the CPU, with the matrix state of every rank merged into rank 0's (None on the
     other ranks): one file holds the whole run, and any world size can load it."""
     if not isinstance(opt, MatrixOptimizer) or rt.world_size == 1:
-        return to_cpu(opt.state_dict()) if rt.master else None  # the same on every rank
+        return copy_to(opt.state_dict(), "cpu") if rt.master else None  # the same on every rank
     saved = opt.state_dict()
     local = {k: saved[k] for k in PER_MATRIX_STATE if k in saved}
     # as torch.save bytes: gather_object's own pickling cannot carry uint16 tensors (the mantissas)
     buffer = io.BytesIO()
-    torch.save(to_cpu(local), buffer)
+    torch.save(copy_to(local, "cpu"), buffer)
     parts = [None] * rt.world_size if rt.master else None
     dist.gather_object(buffer.getvalue(), parts, dst=0)
     if not rt.master:
         return None
     parts = [torch.load(io.BytesIO(part), weights_only=True) for part in parts]
-    merged = to_cpu({k: v for k, v in saved.items() if k not in PER_MATRIX_STATE})
+    merged = copy_to({k: v for k, v in saved.items() if k not in PER_MATRIX_STATE}, "cpu")
     for key in local:
         merged[key] = {index: entry for part in parts for index, entry in part[key].items()}
     return merged
@@ -1877,9 +1888,11 @@ def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
     opt.load_state_dict(saved)
 
 
-def write_atomically(payload: dict, path: Path) -> int:
+def write_atomically(payload: dict, path: Path, exclusive: bool = False) -> int:
     """torch.save to path through a temporary file: a save that is killed leaves the previous file whole.
-    Returns the size in bytes."""
+    exclusive: never replace an existing file. Returns the size in bytes."""
+    if exclusive and path.exists():
+        raise FileExistsError(f"{path} exists; it is never overwritten")
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -1906,7 +1919,15 @@ def data_identity(args: Hyperparameters) -> dict:
 
 
 def check_resumable(ckpt: dict, args: Hyperparameters) -> None:
-    """A checkpoint continues only with the script and the data that wrote it."""
+    """A checkpoint continues only an unfinished run, with the script and the data that wrote it."""
+    summary = Path(args.records_dir) / args.record / f"{ckpt['run_id']}.json"
+    try:
+        finished = json.loads(summary.read_text()).get("status") == "finished"
+    except (OSError, ValueError):
+        finished = False  # no summary here (another folder or machine), or an unreadable one
+    if finished:
+        raise UserError(f"--resume={args.resume}: run {ckpt['run_id']} has finished ({summary} says so); resuming "
+                        f"it would rewrite its record. Start a new run instead.")
     if ckpt.get("source_sha256") != source_digest():
         raise UserError(f"--resume={args.resume}: the checkpoint was written by another train_gpt.py (its source "
                         f"differs from {Path(__file__).name}'s), so the resumed run would not compute what the "
@@ -1928,7 +1949,8 @@ def format_shards(shards: list) -> str:
 # main
 
 
-EXIT_DIVERGED = 3  # exit status of a run stopped by a non-finite loss (2: a user error, 130/143: a signal)
+EXIT_USER_ERROR = 2  # a mistake in the options, the data or the environment, found before any file is written
+EXIT_DIVERGED = 3  # a run stopped by a non-finite loss (130 and 143: a signal, see Stopper)
 
 
 class Diverged(Exception):
@@ -1936,11 +1958,12 @@ class Diverged(Exception):
 
 
 class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM. A BaseException like KeyboardInterrupt, so that no `except Exception` takes it."""
+    """Ctrl-C or SIGTERM. A BaseException like KeyboardInterrupt, so that no `except Exception` takes it.
+    after_step: set when every rank stopped after that whole step (a checkpoint can be saved there)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, after_step: Optional[int] = None):
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.after_step = signum, after_step
 
 
 class Stopper:
@@ -2001,6 +2024,14 @@ class Runtime:
         flag = torch.tensor(int(ok), device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
+
+    def gather_messages(self, message: Optional[str]) -> list[Optional[str]]:
+        """Every rank's message (None: nothing to say), on every rank."""
+        if self.world_size == 1:
+            return [message]
+        messages = [None] * self.world_size
+        dist.all_gather_object(messages, message)
+        return messages
 
     def to_host(self, t: Tensor) -> tuple[Tensor, Optional["torch.cuda.Event"]]:
         """A host copy of t that is ready once the returned event is (None: ready now)."""
@@ -2129,7 +2160,7 @@ def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens:
     # Each candidate starts at an attention block and is padded with <|endoftext|> to whole blocks, so
     # that the sliding windows see exactly what they see of the candidate alone.
     max_tokens = min(max_tokens, model.max_seq_len)
-    candidates = []  # (tokens, where the ending starts, example index, ending index)
+    candidates = []  # (padded tokens, where the ending starts, where it ends, example index, ending index)
     for i, (context, endings, _) in enumerate(examples):
         for j, ending in enumerate(endings):
             tokens = [EOT_TOKEN, *context, *ending]
@@ -2166,34 +2197,39 @@ def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens:
                 acc_norm=(mean.argmax(1) == labels).double().mean().item())
 
 
-def choose_newton_schulz(requested: str, rt: Runtime, shapes: list[tuple[int, ...]]) -> dict:
+NS_TRITON_MARGIN = 0.95  # auto takes Triton only if at least 5% faster: runs of one batch then agree
+
+
+def choose_newton_schulz(requested: str, rt: Runtime, shapes: list[tuple[int, ...]], compiled: bool) -> dict:
     """Muon's Newton-Schulz for this run, decided before any file is written. On a GPU, auto checks
-    the Triton path against torch, times both on the run's shapes and takes the faster; a Triton
-    failure under auto falls back to torch. Every rank decides alike."""
+    the Triton path against torch, times both on the run's shapes (torch compiled as the run will
+    compile it) and takes Triton only when it is clearly faster; a Triton failure under auto falls back
+    to torch. Every rank decides alike, and learns every rank's failure."""
     impl = resolve_ns_impl(requested, rt.device.type == "cuda")
     info = dict(requested=requested, used=impl, timings_ms=None, note=None)
     if impl != "triton":
         return info
-    error = None
-    try:
+    error, timings = None, None
+    try:  # a kernel that fails to compile or to launch, or that computes wrong
         check_newton_schulz_triton(rt.device, shapes)
-    except Exception as e:  # a kernel that fails to compile or to launch, or that computes wrong
-        if requested == "triton":
-            if isinstance(e, UserError):
-                raise
-            raise UserError(f"--ns_impl=triton: the Triton kernels fail on this GPU ({describe_error(e)}). Use "
-                            f"--ns_impl=auto (falls back to torch) or torch, and report the GPU, torch and "
-                            f"triton versions.") from None
+        if requested == "auto":
+            timings = measure_newton_schulz(rt.device, shapes, compiled)
+    except Exception as e:
         error = describe_error(e)
-    if not rt.all_ranks_ok(error is None):
-        info.update(used="torch", note=f"the Triton path failed ({error or 'on another rank'}); using torch")
-    elif requested == "auto":
-        timings = measure_newton_schulz(rt.device, shapes)
+    failed = [f"rank {r}: {m}" if rt.world_size > 1 else m for r, m in enumerate(rt.gather_messages(error)) if m]
+    if failed and requested == "triton":
+        raise UserError(f"--ns_impl=triton: the Triton path fails on this GPU ({'; '.join(failed)}). Use "
+                        f"--ns_impl=auto (falls back to torch) or torch, and report the GPU, torch and triton "
+                        f"versions.")
+    if failed:
+        info.update(used="torch", note=f"the Triton path failed ({'; '.join(failed)}); using torch")
+    elif timings is not None:
         if rt.world_size > 1:
             t = torch.tensor(list(timings.values()), device=rt.device)
             all_reduce_avg(t, rt)
             timings = dict(zip(timings, t.tolist()))
-        info.update(timings_ms=timings, used="triton" if timings["triton"] < timings["torch"] else "torch")
+        faster = timings["triton"] < NS_TRITON_MARGIN * timings["torch"]
+        info.update(timings_ms=timings, used="triton" if faster else "torch", torch_timed="compiled" if compiled else "eager")
     return info
 
 
@@ -2201,7 +2237,8 @@ def newton_schulz_line(info: dict) -> str:
     line = f"newton_schulz: {info['used']} (--ns_impl={info['requested']}"
     if info["timings_ms"]:
         t = info["timings_ms"]
-        line += f"; one pass over the run's matrix shapes: compiled torch {t['torch']:.3f} ms, triton {t['triton']:.3f} ms"
+        line += (f"; one pass over the run's matrix shapes: {info['torch_timed']} torch {t['torch']:.3f} ms, "
+                 f"triton {t['triton']:.3f} ms")
     if info["note"]:
         line += f"; {info['note']}"
     return line + ")"
@@ -2255,7 +2292,8 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
             snoo.load_state_dict(ckpt["snoo"])
     newton_schulz = None
     if isinstance(hidden, Muon):
-        newton_schulz = choose_newton_schulz(args.ns_impl, rt, [tuple(g["params"][0].shape) for g in hidden.param_groups])
+        shapes = [tuple(g["params"][0].shape) for g in hidden.param_groups]
+        newton_schulz = choose_newton_schulz(args.ns_impl, rt, shapes, compiled=args.compile)
         hidden.set_ns_impl(newton_schulz["used"])
 
     log = open_run_log(args, rt, ckpt)
@@ -2264,16 +2302,29 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
         schedule = dict(eps_max=args.adam_eps_max, start_frac=args.adam_eps_start_frac, end_frac=args.adam_eps_end_frac,
                         growth=args.adam_eps_growth) if args.adam_eps_max is not None else None
         log.summary["adam_variant"] = dict(**adam_variant(args), eps_schedule=schedule)
+    training = Training(args, rt, stopper, log, model, optimizers, snoo, ckpt, hellaswag)
     status = "failed"
     try:
-        status = Training(args, rt, stopper, log, model, optimizers, snoo, ckpt, hellaswag).run()
+        status = training.run()
+        log.set_status(status)  # training is done: what follows cannot make it less true
+        training.after_training()
     except Diverged as e:
         log.write(f"DIVERGED {e}; run stopped.", console=True)
         status = "diverged"
     except Interrupted as e:
+        if status == "finished":
+            log.write(f"INTERRUPTED by {e} after training had finished; the steps after it were not done.", console=True)
+            return Stopper.exit_code(e.signum)
         log.write(f"INTERRUPTED by {e} after step {log.summary['steps_done']}; run stopped.", console=True)
         status = "interrupted"
+        log.set_status(status)  # before the last checkpoint, which a scheduler may kill
+        if e.after_step is not None and args.checkpoint_every:
+            with training.off_the_clock():
+                training.save_resume_checkpoint(e.after_step)
     except Exception as e:
+        if status == "finished":
+            log.write(f"FAILED after training had finished: {describe_error(e)}")
+            raise
         if not stopper.requested:
             log.write(f"FAILED {describe_error(e)}")
             raise
@@ -2309,7 +2360,7 @@ class Training:
         self.kinds = model.parameter_kinds()
         self.initial = None  # the weights at step 0, for --log_weight_drift
         if args.log_weight_drift:
-            saved = ckpt["initial_weights"] if ckpt else {k: ps for k, ps in self.kinds.items()}
+            saved = ckpt["initial_weights"] if ckpt else self.kinds
             self.initial = {k: [p.detach().to(rt.device, copy=True) for p in ps] for k, ps in saved.items()}
         folder = Path(args.records_dir) / args.record
         self.resume_path = folder / f"{log.summary['run_id']}.resume.pt"
@@ -2384,7 +2435,7 @@ class Training:
         if self.initial is not None:
             self.log.log_drift(step, weight_drift(self.kinds, self.initial))
 
-    def save_resume_checkpoint(self, step: int, validated: Optional[int]) -> None:
+    def save_resume_checkpoint(self, step: int) -> None:
         """Everything the run's future depends on, gathered into one file on rank 0 (every rank takes part)."""
         args, rt = self.args, self.rt
         start = time.perf_counter()
@@ -2392,15 +2443,15 @@ class Training:
         if not rt.master:
             return
         payload = dict(
-            format=CHECKPOINT_FORMAT, run_id=self.log.summary["run_id"], step=step, validated_step=validated,
+            format=CHECKPOINT_FORMAT, run_id=self.log.summary["run_id"], step=step, validated_step=self.validated,
             train_time_ms=self.training_time_ms, world_size=rt.world_size, hyperparameters=asdict(args),
             source_sha256=source_digest(), data=data_identity(args), data_position=list(self.position(step)),
-            model=to_cpu(self.model.state_dict()), optimizers=optimizers,
-            snoo=to_cpu(self.snoo.state_dict()) if self.snoo else None,
+            model=copy_to(self.model.state_dict(), "cpu"), optimizers=optimizers,
+            snoo=copy_to(self.snoo.state_dict(), "cpu") if self.snoo else None,
             rng=dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(rt.device) if self.on_cuda else None),
-            summary=json.loads(json.dumps(self.log.summary)), initial_weights=to_cpu(self.initial) if self.initial else None)
+            summary=json.loads(json.dumps(self.log.summary)), initial_weights=copy_to(self.initial, "cpu") if self.initial else None)
         size = write_atomically(payload, self.resume_path)
-        self.log.write(f"checkpoint at step {step}: {self.resume_path} ({size / 2**30:.2f} GiB in "
+        self.log.write(f"checkpoint at step {step}: {self.resume_path} ({size / GIB:.2f} GiB in "
                        f"{time.perf_counter() - start:.1f}s; not on the clock)", console=True)
 
     def position(self, step: int) -> tuple[int, int]:
@@ -2421,7 +2472,7 @@ class Training:
             torch.cuda.reset_peak_memory_stats(rt.device)  # the warmup's saved state is not the run's
 
         first = self.ckpt["step"] if self.ckpt else 0
-        validated = self.ckpt["validated_step"] if self.ckpt else None
+        self.validated = self.ckpt["validated_step"] if self.ckpt else None  # the last step validated
         train_batches = token_batches(shard_files(args.train_files, "train_files", ""), args.train_seq_len,
                                       args.seqs_per_step, rt.rank, rt.world_size, rt.device, self.position(first))
         pending = None  # (step, loss and stop flag on the host, ready event): read one step late, the GPU never idles
@@ -2430,13 +2481,13 @@ class Training:
         self.t0 = time.perf_counter()
         for step in range(first, N + 1):
             last = step == N
-            if (last or (args.val_loss_every and step % args.val_loss_every == 0)) and step != validated:
+            if (last or (args.val_loss_every and step % args.val_loss_every == 0)) and step != self.validated:
                 with self.off_the_clock():
                     self.validate(step)
-                validated = step
+                self.validated = step
             if args.checkpoint_every and step % args.checkpoint_every == 0 and step not in (first, N):
                 with self.off_the_clock():
-                    self.save_resume_checkpoint(step, validated)
+                    self.save_resume_checkpoint(step)
             if last:
                 break
             set_schedules(step, args, self.optimizers)
@@ -2452,40 +2503,49 @@ class Training:
                 if stop > 0:
                     log.log_train(step + 1, N, self.elapsed_ms())
                     self.stopper.signum = self.stopper.signum or signal.SIGTERM  # another rank's signal
-                    if args.checkpoint_every:
-                        with self.off_the_clock():
-                            self.save_resume_checkpoint(step + 1, validated)
-                    raise Interrupted(self.stopper.signum)
+                    raise Interrupted(self.stopper.signum, after_step=step + 1)
             pending = (step + 1, *rt.to_host(reported))
             log.log_train(step + 1, N, self.elapsed_ms())
+        self.stopper.deferred = False  # what follows the last step stops at once
         if self.on_cuda:
-            log.log_memory(torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20)
-        self.finish()
+            log.log_memory(torch.cuda.max_memory_allocated() // MIB, torch.cuda.max_memory_reserved() // MIB)
         return "finished"
 
-    def finish(self) -> None:
-        """After the last validation, off the clock: the final weights and HellaSwag, when asked."""
+    def after_training(self) -> None:
+        """Off the clock, once training has finished: the final weights and HellaSwag when asked (rank 0;
+        the other ranks learn whether it worked), and the rolling resume checkpoint is removed: a
+        finished run has nothing to resume."""
         args, rt, log = self.args, self.rt, self.log
-        if args.save_checkpoint and rt.master:
-            # every rank holds all weights (the matrix optimizers all-gather), so rank 0's copy is the model
-            payload = dict(format=CHECKPOINT_FORMAT, run_id=log.summary["run_id"], step=args.num_iterations,
-                           hyperparameters=asdict(args), model=to_cpu(self.model.state_dict()))
-            size = write_atomically(payload, self.weights_path)
-            log.write(f"checkpoint: {self.weights_path} ({size / 2**30:.2f} GiB, final weights)", console=True)
-        if self.hellaswag is not None:
-            if rt.master:
-                start = time.perf_counter()
-                self.model.eval()
-                self.model.attention, attention = "dense", self.model.attention  # exact at these lengths
-                try:
-                    result = hellaswag_score(self.model, self.hellaswag, window_blocks(args.num_iterations, args),
-                                             rt.device)
-                finally:
-                    self.model.attention = attention
-                    self.model.train()
-                result["seconds"] = time.perf_counter() - start
-                log.log_hellaswag(result)
-            rt.barrier()
+        error = None
+        if rt.master:
+            try:
+                if args.save_checkpoint:
+                    # every rank holds all weights (the matrix optimizers all-gather): rank 0's are the model
+                    payload = dict(format=CHECKPOINT_FORMAT, run_id=log.summary["run_id"], step=args.num_iterations,
+                                   hyperparameters=asdict(args), model=copy_to(self.model.state_dict(), "cpu"))
+                    size = write_atomically(payload, self.weights_path, exclusive=True)
+                    log.write(f"checkpoint: {self.weights_path} ({size / GIB:.2f} GiB, final weights)", console=True)
+                if self.hellaswag is not None:
+                    log.log_hellaswag(self.score_hellaswag())
+                if self.resume_path.exists():
+                    self.resume_path.unlink()
+                    log.write(f"removed {self.resume_path}: the run finished", console=True)
+            except Exception as e:
+                error = e
+        if not rt.all_ranks_ok(error is None) and error is not None:
+            raise error
+
+    def score_hellaswag(self) -> dict:
+        start = time.perf_counter()
+        self.model.eval()
+        self.model.attention, attention = "dense", self.model.attention  # exact at these lengths
+        try:
+            result = hellaswag_score(self.model, self.hellaswag, window_blocks(self.args.num_iterations, self.args),
+                                     self.rt.device)
+        finally:
+            self.model.attention = attention
+            self.model.train()
+        return {**result, "seconds": time.perf_counter() - start}
 
 
 def main(argv: list[str]) -> int:
@@ -2512,7 +2572,7 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         if rt is None or rt.master:
             print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_USER_ERROR
     except Interrupted as e:
         if rt is None or rt.master:
             print(f"interrupted by {e} before the run started; nothing was written.", file=sys.stderr, flush=True)

@@ -160,6 +160,10 @@ def test_tiny_preset_applies_first_then_overrides():
     (["--num_iterations"], "needs a value"),
     (["positional"], "unexpected argument"),
     (["--num_iterations=0"], "must be positive"),
+    (["--checkpoint_every=-1"], "--checkpoint_every=-1: must be >= 0"),
+    (["--adam_init=ones"], "--adam_init='ones': expected zero or grad"),
+    (["--adam_eps_max=1e-3", "--adam_eps_start_frac=0.9", "--adam_eps_end_frac=0.5"], "need 0 <= start < end <= 1"),
+    (["--adam_eps_max=1e-3", "--adam_eps_growth=1"], "overflows; use a rate below"),
 ])
 def test_bad_options_are_named(argv, needle):
     with pytest.raises(tg.UserError) as err:
@@ -234,3 +238,7 @@ def test_import_has_no_side_effects(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_none_is_no_resume():
+    assert tg.parse_args(["--resume=none"]).resume is None

@@ -449,19 +449,26 @@ def usable_triton(monkeypatch):
     monkeypatch.setattr(tg, "check_newton_schulz_triton", lambda device, shapes: None)
 
 
-@pytest.mark.parametrize("times, winner", [((2.0, 1.5), "triton"), ((1.0, 1.5), "torch")])
-def test_auto_picks_the_faster_path_and_records_both_timings(monkeypatch, usable_triton, times, winner):
+@pytest.mark.parametrize("times, winner", [
+    ((2.0, 1.5), "triton"),
+    ((1.0, 1.5), "torch"),
+    ((1.0, 1.0 * tg.NS_TRITON_MARGIN + 1e-3), "torch"),  # faster, but not clearly: the record's torch path
+])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_auto_picks_the_faster_path_and_records_both_timings(monkeypatch, usable_triton, times, winner, compiled):
     timed = []
-    monkeypatch.setattr(tg, "measure_newton_schulz",
-                        lambda device, shapes: timed.append(shapes) or dict(torch=times[0], triton=times[1]))
-    info = tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16), (4, 8, 8)])
-    assert timed == [[(8, 16), (4, 8, 8)]]  # on the run's own shapes
-    assert info == dict(requested="auto", used=winner, timings_ms=dict(torch=times[0], triton=times[1]), note=None)
-    assert f"compiled torch {times[0]:.3f} ms, triton {times[1]:.3f} ms" in tg.newton_schulz_line(info)
+    monkeypatch.setattr(tg, "measure_newton_schulz", lambda device, shapes, compiled: timed.append(
+        (shapes, compiled)) or dict(torch=times[0], triton=times[1]))
+    info = tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16), (4, 8, 8)], compiled=compiled)
+    assert timed == [([(8, 16), (4, 8, 8)], compiled)]  # on the run's own shapes, compiled as the run compiles
+    timed_as = "compiled" if compiled else "eager"
+    assert info == dict(requested="auto", used=winner, timings_ms=dict(torch=times[0], triton=times[1]), note=None,
+                        torch_timed=timed_as)
+    assert f"{timed_as} torch {times[0]:.3f} ms, triton {times[1]:.3f} ms" in tg.newton_schulz_line(info)
     # forcing one is not timed
-    monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a: pytest.fail("forced: nothing to time"))
-    assert tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)])["used"] == "triton"
-    assert tg.choose_newton_schulz("torch", gpu_runtime(), [(8, 16)])["used"] == "torch"
+    monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a, **k: pytest.fail("forced: nothing to time"))
+    assert tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)], compiled=True)["used"] == "triton"
+    assert tg.choose_newton_schulz("torch", gpu_runtime(), [(8, 16)], compiled=True)["used"] == "torch"
 
 
 def test_triton_failure_falls_back_under_auto_and_is_an_error_when_forced(monkeypatch, usable_triton):
@@ -469,22 +476,28 @@ def test_triton_failure_falls_back_under_auto_and_is_an_error_when_forced(monkey
         raise RuntimeError("out of resources: shared memory, required: 300000\nmore detail")
 
     monkeypatch.setattr(tg, "check_newton_schulz_triton", broken)
-    monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a: pytest.fail("nothing to time after a failure"))
-    info = tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)])
+    monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a, **k: pytest.fail("nothing to time after a failure"))
+    info = tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)], compiled=True)
     assert info["used"] == "torch" and info["timings_ms"] is None
     assert info["note"] == "the Triton path failed (RuntimeError: out of resources: shared memory, required: 300000); using torch"
     assert "using torch" in tg.newton_schulz_line(info)
-    with pytest.raises(tg.UserError, match=r"--ns_impl=triton: the Triton kernels fail on this GPU \(RuntimeError: out of"):
-        tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)])
-    # a wrong result under --ns_impl=triton keeps the check's own message
-    monkeypatch.setattr(tg, "check_newton_schulz_triton", lambda d, s: (_ for _ in ()).throw(tg.UserError("disagree")))
-    with pytest.raises(tg.UserError, match="^disagree$"):
-        tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)])
-    assert tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)])["used"] == "torch"
+    with pytest.raises(tg.UserError, match=r"--ns_impl=triton: the Triton path fails on this GPU \(RuntimeError: out of"):
+        tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)], compiled=True)
+    # a wrong result: the check's own message, under --ns_impl=triton an error, under auto torch
+    monkeypatch.setattr(tg, "check_newton_schulz_triton",
+                        lambda d, s: (_ for _ in ()).throw(tg.UserError("the kernels disagree")))
+    with pytest.raises(tg.UserError, match=r"\(UserError: the kernels disagree\)"):
+        tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)], compiled=True)
+    assert tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)], compiled=True)["used"] == "torch"
+    # a failure while timing (a compile error) falls back the same way
+    monkeypatch.setattr(tg, "check_newton_schulz_triton", lambda d, s: None)
+    monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("inductor")))
+    assert tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)], compiled=True)["note"] == (
+        "the Triton path failed (RuntimeError: inductor); using torch")
 
 
 def test_cpu_runs_use_torch_without_timing():
-    info = tg.choose_newton_schulz("auto", tg.Runtime(0, 1, torch.device("cpu")), [(8, 16)])
+    info = tg.choose_newton_schulz("auto", tg.Runtime(0, 1, torch.device("cpu")), [(8, 16)], compiled=True)
     assert info == dict(requested="auto", used="torch", timings_ms=None, note=None)
 
 

@@ -373,7 +373,7 @@ def test_model_compiles_to_one_graph_per_mode_across_every_window():
         graphs.append(gm)
         return gm.forward
 
-    args = tiny_args(train_seq_len=256, val_seq_len=512, val_tokens=1024)
+    args = tiny_args(train_seq_len=256, val_seq_len=512, val_tokens=1024, model_dim=64, num_heads=1, head_dim=64)
     # FlexAttention has no backward on CPU: parameters without grad let the training forward run eagerly
     model = tg.build_model(args, "flex").requires_grad_(False)
     torch._dynamo.reset()

@@ -341,7 +341,8 @@ def test_warmup_state_is_restored_exactly():
     assert all(torch.equal(c, p) for c, p in zip(snoo.copy, model.parameters()))
 
 
-def test_compiled_update_is_one_graph_per_shape_and_equals_eager():
+@pytest.mark.parametrize("smoothing", [0.2, 0.0])  # 0: the update goes from Newton-Schulz's a X + B X straight to the weights
+def test_compiled_update_is_one_graph_per_shape_and_equals_eager(smoothing):
     """The default update (every device): momentum, Newton-Schulz, smoothing and the master-weight write
     compiled as one function, as the record compiles it. lr, momentum and weight decay change every
     step and enter as 0-dim tensors: one graph per matrix shape, never a recompile."""
@@ -355,7 +356,7 @@ def test_compiled_update_is_one_graph_per_shape_and_equals_eager():
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(s).bfloat16()) for s in shapes]
         start = [p.detach().float().clone() for p in params]
-        opt = tg.Muon(params, lr=0.03, weight_decay=0.01, momentum=0.85, update_smoothing=0.2, compiled=compiled)
+        opt = tg.Muon(params, lr=0.03, weight_decay=0.01, momentum=0.85, update_smoothing=smoothing, compiled=compiled)
         for step in range(5):
             for group in opt.param_groups:
                 group.update(lr=0.03 * (1 - 0.1 * step), momentum=0.85 + 0.03 * step, weight_decay=0.01 * (step + 1))

@@ -132,7 +132,9 @@ def test_overrides_resolve_and_wrong_ones_are_named():
         (["--matrix_lr=0.1"], "applies to --matrix_optimizer=adam, shampoo or soap"),
         (["--matrix_optimizer=adam", "--matrix_precondition_frequency=3"], "adam has no such setting"),
         (["--matrix_optimizer=lion"], "expected one of muon, adam, shampoo, soap"),
-        (["--matrix_optimizer=adam", "--matrix_lr=-1"], "must be positive"),
+        (["--matrix_optimizer=adam", "--matrix_lr=-1"], "must be 0 or more"),
+        (["--matrix_optimizer=adam", "--matrix_betas=0.9,1.0"], "each in \[0, 1\)"),
+        (["--matrix_optimizer=shampoo", "--matrix_precondition_frequency=0"], "must be at least 1"),
         (["--matrix_optimizer=soap", "--matrix_betas=0.9"], "expected 2 comma-separated values"),
     ]:
         with pytest.raises(tg.UserError, match=message):

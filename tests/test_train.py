@@ -157,7 +157,7 @@ def test_too_few_tokens_fails_before_training(tmp_path, tiny_data):
 
 def test_divergence_stops_the_run(tmp_path, tiny_data):
     out = run_train(tmp_path, tiny_data, *SMALL, "--num_iterations=30", "--val_loss_every=0", "--warmup_steps=0",
-                    "--seed=1", "--adam_scalar_lr=1e30")
+                    "--seed=1", "--adam_scalar_lr=1e30", "--compile=false")
     assert out.returncode == 3
     txt, summary = run_files(tmp_path)
     last = txt.read_text().splitlines()[-1]
@@ -191,37 +191,49 @@ def assert_same_weights(a, b):
         assert torch.equal(a[name], b[name]), name
 
 
+def stop_with_sigterm(cmd, cwd, log_glob, pattern):
+    """Start a run, send SIGTERM when its log has a line matching pattern, wait for it to end."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_line(log_glob, pattern, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 @pytest.fixture(scope="module")
 def resume_runs(tmp_path_factory):
-    """Four runs of the same 8 steps (seed, data, options): straight through (A); stopped by SIGTERM
-    after a few steps with --checkpoint_every, then resumed (B); on 2 processes with a checkpoint at
-    step 4 (C); and C's checkpoint resumed on 1 process in another folder (D). A and B also log the
-    weight drift and score HellaSwag, so their resumption is checked too."""
+    """Runs of the same 8 steps (seed, data, options; Snoo every 2 steps, so that its outer step falls
+    in the kernel warmup of a resumed run too): straight through (A); stopped by SIGTERM after a few
+    steps with --checkpoint_every, then resumed (B); on 2 processes under torchrun, stopped the same way
+    after its checkpoint at step 4 (C); and C's last checkpoint resumed on 1 process (D). A and B also
+    log the weight drift and score HellaSwag, so their resumption is checked too."""
     root = tmp_path_factory.mktemp("resume")
     write_test_shard(root / "val_000000.bin", synthetic_tokens(20_000, seed=1))
     for i in range(1, TINY_TRAIN_SHARDS + 1):
         write_test_shard(root / f"train_{i:06d}.bin", synthetic_tokens(TINY_TRAIN_SHARD_TOKENS, seed=10 + i))
     data = (root / "train_*.bin", root / "val_*.bin")
     hellaswag = write_hellaswag(root / "hellaswag.tokens.jsonl")
-    common = [*SMALL, "--num_iterations=8", "--val_loss_every=2", "--warmup_steps=1", "--seed=3",
+    common = [*SMALL, "--num_iterations=8", "--val_loss_every=2", "--warmup_steps=2", "--snoo_k=2", "--seed=3",
               "--save_checkpoint=true"]
     extras = ["--log_weight_drift=true", "--hellaswag=true", f"--hellaswag_file={hellaswag}"]
     runs = dict(root=root, data=data)
     runs["A"] = run_train(root / "A", data, *common, *extras)
-    proc = subprocess.Popen(train_command(root / "B", data, *common, *extras, "--checkpoint_every=3"), cwd=root,
-                            env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_line(root / "B" / "records" / TINY.record / "*.txt", r"^step:4/8 train_time", proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=240)
-    runs["B_stopped"] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    runs["B_checkpoint"] = next((root / "B" / "records" / TINY.record).glob("*.resume.pt"))
-    runs["B_summary_at_stop"] = json.loads(next((root / "B" / "records" / TINY.record).glob("*.json")).read_text())
-    runs["B"] = run_resume(root / "B", runs["B_checkpoint"])
-    runs["C"] = run_train(root / "C", data, *common, "--checkpoint_every=4", nproc=2)
-    (c_checkpoint,) = (root / "C" / "records" / TINY.record).glob("*.resume.pt")
-    runs["D"] = run_resume(root / "C", c_checkpoint, f"--records_dir={root / 'D' / 'records'}")
-    runs["C_checkpoint"] = c_checkpoint
-    for name in ("A", "B", "C", "D"):
+    folder = root / "B" / "records" / TINY.record
+    runs["B_stopped"] = stop_with_sigterm(train_command(root / "B", data, *common, *extras, "--checkpoint_every=3"),
+                                          root, folder / "*.txt", r"^step:4/8 train_time")
+    (checkpoint,) = folder.glob("*.resume.pt")
+    runs["B_checkpoint"] = root / "B.resume.pt"  # a copy: a finished run removes its own
+    runs["B_checkpoint"].write_bytes(checkpoint.read_bytes())
+    runs["B_summary_at_stop"] = json.loads(next(folder.glob("*.json")).read_text())
+    runs["B_log_at_stop"] = next(folder.glob("*.txt")).read_text()
+    runs["B"] = run_resume(root / "B", checkpoint)
+    runs["B_left"] = sorted(p.name for p in folder.iterdir())
+    folder = root / "C" / "records" / TINY.record
+    runs["C_stopped"] = stop_with_sigterm(train_command(root / "C", data, *common, "--checkpoint_every=4", nproc=2),
+                                          root, folder / "*.txt", r"^checkpoint at step 4: ")
+    (runs["C_checkpoint"],) = folder.glob("*.resume.pt")
+    runs["D"] = run_resume(root / "C", runs["C_checkpoint"], f"--records_dir={root / 'D' / 'records'}")
+    for name in ("A", "B", "D"):
         assert runs[name].returncode == 0, (name, runs[name].stderr[-3000:])
     return runs
 
@@ -233,14 +245,13 @@ def val_losses(txt):
 def test_sigterm_stops_after_a_whole_step_and_saves_a_last_checkpoint(resume_runs):
     stopped = resume_runs["B_stopped"]
     assert stopped.returncode == 128 + signal.SIGTERM and "Traceback" not in stopped.stderr
-    txt, _ = run_files(resume_runs["root"] / "B")
-    lines = txt.read_text().splitlines()
+    lines = resume_runs["B_log_at_stop"].splitlines()
     stop = next(i for i, line in enumerate(lines) if line.startswith("INTERRUPTED"))
     step = int(re.fullmatch(r"INTERRUPTED by SIGTERM after step (\d+); run stopped\.", lines[stop])[1])
-    assert 4 <= step < 8
-    assert lines[stop - 1] == f"checkpoint at step {step}: {resume_runs['B_checkpoint']}" + lines[stop - 1].split(
-        str(resume_runs["B_checkpoint"]))[1] and "not on the clock" in lines[stop - 1]
-    assert TRAIN_LINE.match(lines[stop - 2])[1] == str(step)
+    assert 4 <= step < 8 and TRAIN_LINE.match(lines[stop - 1])[1] == str(step)
+    # the record says "interrupted" first; then the last checkpoint, off the clock
+    assert re.fullmatch(rf"checkpoint at step {step}: .*\.resume\.pt \([\d.]+ GiB in [\d.]+s; not on the clock\)",
+                        lines[stop + 1]) and stop + 2 == len(lines)
     summary = resume_runs["B_summary_at_stop"]
     assert summary["status"] == "interrupted" and summary["steps_done"] == step
     ckpt = torch.load(resume_runs["B_checkpoint"], weights_only=True)
@@ -261,6 +272,8 @@ def test_resumed_run_equals_the_uninterrupted_run(resume_runs):
     assert text.count(tg.LOG_RULE) == 2 and "INTERRUPTED by SIGTERM" in text
     assert re.search(r"^RESUMED from .*\.resume\.pt at step \d+/8 \(world size 1, ", text, re.M)
     assert summary_b["status"] == "finished" and len(summary_b["resumed"]) == 1
+    # a finished run removes its resume checkpoint: the logs and the final weights stay
+    assert [n.rsplit(".", 1)[1] for n in resume_runs["B_left"]] == ["json", "pt", "txt"]
     # the diagnostics resumed too
     assert summary_b["hellaswag"]["acc"] == summary_a["hellaswag"]["acc"]
     assert summary_b["hellaswag"]["acc_norm"] == summary_a["hellaswag"]["acc_norm"]
@@ -269,25 +282,26 @@ def test_resumed_run_equals_the_uninterrupted_run(resume_runs):
     assert drift_b == drift_a
 
 
-def test_two_processes_compute_what_one_does_and_resume_on_one(resume_runs):
-    """With two sequences per step, averaging bf16 gradients over two ranks or two micro-batches
-    halves the same sum (exact in binary), so here world sizes agree bit for bit; in general they agree
-    to bf16 rounding."""
+def test_two_processes_stop_together_and_resume_on_one(resume_runs):
+    """Two ranks under torchrun stop after the same step on SIGTERM and save one checkpoint with Muon's
+    state of both; one process resumes it. With two sequences per step, averaging bf16 gradients over
+    two ranks or two micro-batches halves the same sum (exact in binary), so here world sizes agree bit
+    for bit with the 1-process run; in general they agree to bf16 rounding."""
     root = resume_runs["root"]
-    txt_c, summary_c = run_files(root / "C")
-    assert "world_size: 2" in txt_c.read_text() and summary_c["status"] == "finished"
-    assert "torch_threads: 1" in txt_c.read_text()
+    txt_c = next((root / "C" / "records" / TINY.record).glob("*.txt"))
+    text = txt_c.read_text()
+    assert "world_size: 2" in text and "torch_threads: 1" in text
+    step = int(re.search(r"^INTERRUPTED by SIGTERM after step (\d+); run stopped\.$", text, re.M)[1])
     ckpt = torch.load(resume_runs["C_checkpoint"], weights_only=True)
-    assert ckpt["step"] == 4 and ckpt["world_size"] == 2 and ckpt["validated_step"] == 4
+    assert ckpt["step"] == step > 4 and ckpt["world_size"] == 2
     # Muon's state of both ranks is in the one file: every hidden matrix has its momentum
     muon_state = ckpt["optimizers"][1]["state"]
     hidden = sum(len(g["params"]) for g in ckpt["optimizers"][1]["param_groups"])
     assert sorted(muon_state) == list(range(hidden)) and all("momentum_buffer" in s for s in muon_state.values())
-    assert_same_weights(final_weights(root / "C"), final_weights(root / "A"))
-    assert_same_weights(final_weights(root / "D", TINY.record), final_weights(root / "C"))
+    assert_same_weights(final_weights(root / "D"), final_weights(root / "A"))
     txt_d, summary_d = run_files(root / "D")
-    assert val_losses(txt_d) == val_losses(txt_c)[-2:]  # steps 6 and 8; step 4 was validated before the save
-    assert summary_d["resumed"][0]["world_size"] == 1 and summary_d["run_id"] == summary_c["run_id"]
+    assert val_losses(txt_d) == [v for v in val_losses(run_files(root / "A")[0]) if v[0] > step]
+    assert summary_d["resumed"][0]["world_size"] == 1 and summary_d["status"] == "finished"
 
 
 def test_diagnostics_reach_the_log_and_the_summary(resume_runs):
@@ -304,7 +318,8 @@ def test_diagnostics_reach_the_log_and_the_summary(resume_runs):
     assert hs["n"] == 4 and 0 <= hs["acc"] <= 1 and 0 <= hs["acc_norm"] <= 1
     assert re.search(r"^hellaswag: acc \d\.\d{4} acc_norm \d\.\d{4} \(n=4, ", text, re.M)
     # the record's log has none of these lines
-    after_source = run_files(resume_runs["root"] / "C")[0].read_text().split(tg.LOG_RULE, 1)[1]
+    after_source = next((resume_runs["root"] / "C" / "records" / TINY.record).glob("*.txt")).read_text().split(
+        tg.LOG_RULE, 1)[1]
     assert "weight drift" not in after_source and "hellaswag:" not in after_source
 
 
@@ -338,9 +353,15 @@ def test_resume_allows_what_does_not_change_the_math_and_checks_data_and_script(
         tg.check_resumable(saved, args)
     monkeypatch.setattr(tg, "source_digest", lambda: "another script")
     with pytest.raises(tg.UserError, match="written by another train_gpt.py"):
-        tg.check_resumable(saved, tg.parse_args([f"--resume={ckpt}"]))
+        tg.check_resumable(saved, tg.parse_args([f"--resume={ckpt}", "--record=elsewhere"]))
+    monkeypatch.undo()
+    weights_only = next((resume_runs["root"] / "B" / "records" / TINY.record).glob("*.pt"))
     with pytest.raises(tg.UserError, match="holds the final weights only"):
-        tg.parse_args([f"--resume={next(p for p in ckpt.parent.glob('*.pt') if p != ckpt)}"])
+        tg.parse_args([f"--resume={weights_only}"])
+    # B finished: its checkpoint (a copy) cannot reopen it where it logs (the checkpoint's records_dir)
+    args = tg.parse_args([f"--resume={ckpt}"])
+    with pytest.raises(tg.UserError, match=r"has finished \(.*\.json says so\)"):
+        tg.check_resumable(saved, args)
 
 
 def test_checkpoints_are_written_atomically_and_loaded_weights_only(tmp_path, monkeypatch):
@@ -418,7 +439,7 @@ def test_startup_errors_come_before_any_file(tmp_path, tiny_data):
 @pytest.mark.parametrize("name", list(tg.MATRIX_OPTIMIZERS))
 def test_every_matrix_optimizer_trains_and_is_logged(tmp_path, tiny_data, name):
     out = run_train(tmp_path, tiny_data, *SMALL, f"--matrix_optimizer={name}", "--matrix_lr=0.01",
-                    "--num_iterations=6", "--val_loss_every=3", "--warmup_steps=1")
+                    "--num_iterations=4", "--val_loss_every=2", "--warmup_steps=0")
     assert out.returncode == 0, out.stderr[-3000:]
     txt, summary = run_files(tmp_path)
     losses = [float(v) for _, v in val_losses(txt)]
