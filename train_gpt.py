@@ -1584,9 +1584,11 @@ def token_batches(files: list[Path], seq_len: int, seqs_per_step: int, rank: int
 HELLASWAG_ENDINGS = 4
 
 
-def read_hellaswag(path) -> list[tuple[list[int], list[list[int]], int]]:
+def read_hellaswag(path, vocab_size: Optional[int] = None,
+                   max_len: Optional[int] = None) -> list[tuple[list[int], list[list[int]], int]]:
     """HellaSwag examples already tokenized by evals/hellaswag.py: JSON lines of {"context": [ids],
-    "endings": [[ids] x 4], "label": 0..3}. Returns [(context, endings, label)]."""
+    "endings": [[ids] x 4], "label": 0..3}. Returns [(context, endings, label)]. With vocab_size and
+    max_len, ids and candidate lengths are checked too, so a bad file fails before training, not after."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -1609,6 +1611,13 @@ def read_hellaswag(path) -> list[tuple[list[int], list[list[int]], int]]:
             raise UserError(f"{path}, line {number}: expected {{\"context\": [token ids], \"endings\": "
                             f"[{HELLASWAG_ENDINGS} non-empty lists of token ids], \"label\": 0..3}}. "
                             f"Re-create the file with `python evals/hellaswag.py --prepare`.")
+        if vocab_size is not None and not all(0 <= t < vocab_size for t in [*context, *(t for e in endings for t in e)]):
+            raise UserError(f"{path}, line {number}: a token id outside the vocabulary (0..{vocab_size - 1}). "
+                            f"Re-create the file with `python evals/hellaswag.py --prepare`.")
+        longest = 1 + len(context) + max(len(e) for e in endings)  # <|endoftext|> + context + ending
+        if max_len is not None and longest > max_len:
+            raise UserError(f"{path}, line {number}: {longest} tokens, more than the model's longest sequence "
+                            f"({max_len}); use a model with longer sequences or drop the example.")
         examples.append((context, endings, label))
     if not examples:
         raise UserError(f"{path} holds no HellaSwag examples. Re-create it with `python evals/hellaswag.py --prepare`.")
@@ -2272,7 +2281,8 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
     ckpt = read_checkpoint(args.resume) if args.resume else None
     if ckpt:
         check_resumable(ckpt, args)
-    hellaswag = read_hellaswag(args.hellaswag_file) if args.hellaswag else None
+    hellaswag = (read_hellaswag(args.hellaswag_file, args.vocab_size, max(args.train_seq_len, args.val_seq_len))
+                 if args.hellaswag else None)
     if args.seed is None:
         args.seed = secrets.randbits(31)
     torch.manual_seed(args.seed)

@@ -1,6 +1,7 @@
 """train_gpt's shard reader and loader against the spec's data rules. The record's figures (190 steps
 per FineWeb shard, 30 shards for 5590 steps) are pinned in test_record.py; here the numbers are the
 script's (its constants, Hyperparameters and the tiny preset)."""
+import json
 import math
 
 import numpy as np
@@ -189,3 +190,16 @@ def test_shortfall_of_fineweb_shards_names_the_download(tmp_path):
     N = args.num_iterations
     assert f"{N} x {step:,} = {N * step:,} tokens" in msg
     assert f"python data/cached_fineweb10B.py {fineweb_shards_needed(args)}" in msg
+
+
+def test_hellaswag_file_is_checked_before_training(tmp_path):
+    """Token ids outside the vocabulary or candidates longer than the model's sequences are found
+    when the file is read (at startup), not by the model after the run."""
+    good = dict(context=[5, 6], endings=[[1], [2], [3], [4]], label=2)
+    path = tmp_path / "hs.jsonl"
+    path.write_text(json.dumps(good) + "\n")
+    assert tg.read_hellaswag(path, vocab_size=10, max_len=4) == [([5, 6], [[1], [2], [3], [4]], 2)]
+    with pytest.raises(tg.UserError, match=r"hs.jsonl, line 1: a token id outside the vocabulary \(0\.\.5\)"):
+        tg.read_hellaswag(path, vocab_size=6)
+    with pytest.raises(tg.UserError, match=r"line 1: 4 tokens, more than the model's longest sequence \(3\)"):
+        tg.read_hellaswag(path, vocab_size=10, max_len=3)
