@@ -128,7 +128,9 @@ class Hyperparameters:
     adam_bias_correction: bool = hp(True, "Adam's bias correction of both moments")
     adam_init: str = hp("zero", "Adam's moments start at zero | grad (the first gradient and its square)")
     adam_nested: bool = hp(False, "normalise the gradient by sqrt(v) + eps first, then average it (LaProp)")
-    adam_eps_max: Optional[float] = hp(None, "eps schedule toward SGD-like steps: eps grows to this (none: no schedule)")
+    adam_eps_max: Optional[float] = hp(
+        None, "eps schedule toward SGD-like steps: eps grows to this (none: no schedule)"
+    )
     adam_eps_start_frac: float = hp(0.5, "eps schedule: eps stays at its value until this fraction of training")
     adam_eps_end_frac: float = hp(0.9, "eps schedule: eps reaches adam_eps_max at this fraction of training")
     adam_eps_growth: float = hp(0.001, "eps schedule: exponential growth rate per step")
@@ -140,14 +142,18 @@ class Hyperparameters:
     muon_momentum_start: float = hp(0.85, "Muon momentum at step 0")
     muon_momentum_warmup_steps: int = hp(300, "steps of the linear momentum warmup")
     update_smoothing: float = hp(0.2, "beta of the EMA of Muon's updates (0: off)")
-    ns_impl: str = hp("auto", "Newton-Schulz: auto (on CUDA the faster of triton and torch, timed at startup) | triton | torch")
+    ns_impl: str = hp(
+        "auto", "Newton-Schulz: auto (on CUDA the faster of triton and torch, timed at startup) | triton | torch"
+    )
     # Other optimizers of the hidden matrices (research; Muon above is the record). Each starts from the
     # settings published in the optimizer comparison of our sources; "none" keeps a published value.
     matrix_optimizer: str = hp("muon", "optimizer of the hidden matrices: muon (the record) | adam | shampoo | soap")
     matrix_lr: Optional[float] = hp(None, "lr of a non-Muon --matrix_optimizer (none: its published setting)")
     matrix_betas: Optional[tuple[float, float]] = hp(None, "betas of a non-Muon --matrix_optimizer, e.g. 0.95,0.95")
     matrix_eps: Optional[float] = hp(None, "epsilon of a non-Muon --matrix_optimizer")
-    matrix_weight_decay: Optional[float] = hp(None, "decoupled weight decay (times lr) of a non-Muon --matrix_optimizer")
+    matrix_weight_decay: Optional[float] = hp(
+        None, "decoupled weight decay (times lr) of a non-Muon --matrix_optimizer"
+    )
     matrix_precondition_frequency: Optional[int] = hp(None, "steps between preconditioner updates (shampoo, soap)")
     # Snoo outer optimizer
     snoo_k: int = hp(28, "Snoo's outer step every k steps (0: Snoo off)")
@@ -163,8 +169,10 @@ class Hyperparameters:
     checkpoint_every: int = hp(0, "save a checkpoint to --resume from every N steps and at Ctrl-C/SIGTERM (0: off)")
     resume: Optional[str] = hp(None, "continue the run of this checkpoint: same run id, its log appended")
     hellaswag: bool = hp(False, "score HellaSwag after the last validation, off the clock (see evals/)")
-    hellaswag_file: str = hp("data/hellaswag/hellaswag_val.tokens.jsonl",
-                             "tokenized HellaSwag for --hellaswag (python evals/hellaswag.py --prepare)")
+    hellaswag_file: str = hp(
+        "data/hellaswag/hellaswag_val.tokens.jsonl",
+        "tokenized HellaSwag for --hellaswag (python evals/hellaswag.py --prepare)",
+    )
     log_weight_drift: bool = hp(False, "log ||w - w0|| / ||w0|| and cos(w, w0) per parameter group at every validation")
     save_checkpoint: bool = hp(False, "save the final weights to <records_dir>/<record>/<run id>.pt")
     preset: str = hp("record", "record | tiny (16 small layers for CPU; applied before the other options)")
@@ -246,7 +254,11 @@ def format_value(value) -> str:
 
 def describe_type(typ) -> str:
     base, optional, length = field_type(typ)
-    text = base.__name__ if length is None else ",".join([base.__name__] * max(length, 1)) + (",..." if length == -1 else "")
+    text = (
+        base.__name__
+        if length is None
+        else ",".join([base.__name__] * max(length, 1)) + (",..." if length == -1 else "")
+    )
     return text + (" or none" if optional else "")
 
 
@@ -273,8 +285,11 @@ def parse_value(name: str, text: str, typ):
             raise ValueError
         return items
     except ValueError:
-        kind = _SCALARS[base] if length is None else (
-            f"{length if length != -1 else 'one or more'} comma-separated values, each {_SCALARS[base]}")
+        kind = (
+            _SCALARS[base]
+            if length is None
+            else (f"{length if length != -1 else 'one or more'} comma-separated values, each {_SCALARS[base]}")
+        )
         raise UserError(f"option --{name}={text!r}: expected {kind}{' (or none)' if optional else ''}.") from None
 
 
@@ -323,9 +338,22 @@ def parse_args(argv: list[str]) -> Hyperparameters:
 # What a resumed run may change: where it logs and checkpoints, what it reports, and how it computes (the
 # device, compilation, the Newton-Schulz implementation: rounding only, as the world size).
 # Data paths may change too (another machine): the resumed run checks that the shards are the same.
-RESUME_MAY_CHANGE = ("records_dir", "record", "checkpoint_every", "resume", "save_checkpoint", "hellaswag",
-                     "hellaswag_file", "device", "compile", "coordinate_descent_tuning", "ns_impl", "warmup_steps",
-                     "train_files", "val_files")
+RESUME_MAY_CHANGE = (
+    "records_dir",
+    "record",
+    "checkpoint_every",
+    "resume",
+    "save_checkpoint",
+    "hellaswag",
+    "hellaswag_file",
+    "device",
+    "compile",
+    "coordinate_descent_tuning",
+    "ns_impl",
+    "warmup_steps",
+    "train_files",
+    "val_files",
+)
 
 
 def resume_args(path: str, pairs: list[tuple[str, str]]) -> Hyperparameters:
@@ -334,8 +362,10 @@ def resume_args(path: str, pairs: list[tuple[str, str]]) -> Hyperparameters:
     types = get_type_hints(Hyperparameters)
     ckpt = read_checkpoint(path)
     if "optimizers" not in ckpt:
-        raise UserError(f"--resume={path}: the checkpoint holds the final weights only (--save_checkpoint), not "
-                        f"the state a run continues from; resume from a <run id>.resume.pt of --checkpoint_every.")
+        raise UserError(
+            f"--resume={path}: the checkpoint holds the final weights only (--save_checkpoint), not "
+            f"the state a run continues from; resume from a <run id>.resume.pt of --checkpoint_every."
+        )
     args = hyperparameters_from(ckpt["hyperparameters"], path)
     differing = []
     for name, text in pairs:
@@ -345,10 +375,12 @@ def resume_args(path: str, pairs: list[tuple[str, str]]) -> Hyperparameters:
         elif value != getattr(args, name):
             differing.append(f"--{name}={text} (the checkpoint's run: {format_value(getattr(args, name))})")
     if differing:
-        raise UserError(f"--resume={path}: the checkpoint's run has other settings: {'; '.join(differing)}. "
-                        f"A resumed run computes what the interrupted one would have; only "
-                        f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)} may change. Drop these options, or "
-                        f"start a new run.")
+        raise UserError(
+            f"--resume={path}: the checkpoint's run has other settings: {'; '.join(differing)}. "
+            f"A resumed run computes what the interrupted one would have; only "
+            f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)} may change. Drop these options, or "
+            f"start a new run."
+        )
     validate_args(args)
     return args
 
@@ -361,60 +393,91 @@ def validate_args(args: Hyperparameters) -> None:
         if not ok:
             raise UserError(msg)
 
-    for name in ("val_tokens", "train_seq_len", "val_seq_len", "seqs_per_step", "num_iterations",
-                 "max_window_tokens", "vocab_size", "num_heads", "head_dim", "model_dim", "mlp_ratio"):
+    for name in (
+        "val_tokens",
+        "train_seq_len",
+        "val_seq_len",
+        "seqs_per_step",
+        "num_iterations",
+        "max_window_tokens",
+        "vocab_size",
+        "num_heads",
+        "head_dim",
+        "model_dim",
+        "mlp_ratio",
+    ):
         need(getattr(args, name) > 0, f"option --{name}={getattr(args, name)}: must be positive.")
     for name in ("val_loss_every", "warmup_steps", "snoo_k", "muon_momentum_warmup_steps", "checkpoint_every"):
         need(getattr(args, name) >= 0, f"option --{name}={getattr(args, name)}: must be >= 0.")
     for name in ("train_seq_len", "val_seq_len"):
-        need(getattr(args, name) % ATTN_BLOCK_SIZE == 0,
-             f"option --{name}={getattr(args, name)}: must be a multiple of the attention block "
-             f"({ATTN_BLOCK_SIZE} tokens).")
+        need(
+            getattr(args, name) % ATTN_BLOCK_SIZE == 0,
+            f"option --{name}={getattr(args, name)}: must be a multiple of the attention block "
+            f"({ATTN_BLOCK_SIZE} tokens).",
+        )
     per_val_step = args.seqs_per_step * args.val_seq_len
-    need(args.val_tokens % per_val_step == 0,
-         f"option --val_tokens={args.val_tokens}: must be a multiple of seqs_per_step * val_seq_len = "
-         f"{per_val_step}, the tokens of one validation step.")
-    need(args.num_layers == RECORD_NUM_LAYERS,
-         f"option --num_layers={args.num_layers}: the record's layer structure (value embeddings, U-net "
-         f"skips, windows) is defined for {RECORD_NUM_LAYERS} layers; change the width instead.")
+    need(
+        args.val_tokens % per_val_step == 0,
+        f"option --val_tokens={args.val_tokens}: must be a multiple of seqs_per_step * val_seq_len = "
+        f"{per_val_step}, the tokens of one validation step.",
+    )
+    need(
+        args.num_layers == RECORD_NUM_LAYERS,
+        f"option --num_layers={args.num_layers}: the record's layer structure (value embeddings, U-net "
+        f"skips, windows) is defined for {RECORD_NUM_LAYERS} layers; change the width instead.",
+    )
     need(args.head_dim % 4 == 0, f"option --head_dim={args.head_dim}: must be a multiple of 4 (rotary).")
     need(0 <= args.cooldown_frac <= 1, f"option --cooldown_frac={args.cooldown_frac}: must be in [0, 1].")
     need(0 <= args.update_smoothing < 1, f"option --update_smoothing={args.update_smoothing}: must be in [0, 1).")
-    need(args.ns_impl in ("auto", "triton", "torch"),
-         f"option --ns_impl={args.ns_impl!r}: expected auto, triton or torch.")
+    need(
+        args.ns_impl in ("auto", "triton", "torch"),
+        f"option --ns_impl={args.ns_impl!r}: expected auto, triton or torch.",
+    )
     need(args.device in ("auto", "cuda", "cpu"), f"option --device={args.device!r}: expected auto, cuda or cpu.")
     need(args.adam_init in ("zero", "grad"), f"option --adam_init={args.adam_init!r}: expected zero or grad.")
     if args.adam_eps_max is not None:
         need(args.adam_eps_max > 0, f"option --adam_eps_max={args.adam_eps_max}: must be positive.")
-        need(0 <= args.adam_eps_start_frac < args.adam_eps_end_frac <= 1,
-             f"options --adam_eps_start_frac={args.adam_eps_start_frac} and --adam_eps_end_frac="
-             f"{args.adam_eps_end_frac}: need 0 <= start < end <= 1.")
+        need(
+            0 <= args.adam_eps_start_frac < args.adam_eps_end_frac <= 1,
+            f"options --adam_eps_start_frac={args.adam_eps_start_frac} and --adam_eps_end_frac="
+            f"{args.adam_eps_end_frac}: need 0 <= start < end <= 1.",
+        )
         need(args.adam_eps_growth > 0, f"option --adam_eps_growth={args.adam_eps_growth}: must be positive.")
         exponent = args.adam_eps_growth * args.num_iterations * (args.adam_eps_end_frac - args.adam_eps_start_frac)
-        need(exponent < EPS_SCHEDULE_MAX_EXPONENT,
-             f"option --adam_eps_growth={args.adam_eps_growth}: the schedule's exp(growth x steps of growth) = "
-             f"exp({exponent:.4g}) overflows; use a rate below "
-             f"{EPS_SCHEDULE_MAX_EXPONENT / (args.num_iterations * (args.adam_eps_end_frac - args.adam_eps_start_frac)):.3g}.")
+        need(
+            exponent < EPS_SCHEDULE_MAX_EXPONENT,
+            f"option --adam_eps_growth={args.adam_eps_growth}: the schedule's exp(growth x steps of growth) = "
+            f"exp({exponent:.4g}) overflows; use a rate below "
+            f"{EPS_SCHEDULE_MAX_EXPONENT * args.adam_eps_growth / exponent:.3g}.",
+        )
     choices = ("muon", *MATRIX_OPTIMIZERS)
-    need(args.matrix_optimizer in choices,
-         f"option --matrix_optimizer={args.matrix_optimizer!r}: expected one of {', '.join(choices)}.")
+    need(
+        args.matrix_optimizer in choices,
+        f"option --matrix_optimizer={args.matrix_optimizer!r}: expected one of {', '.join(choices)}.",
+    )
     for name in MATRIX_OVERRIDES:
         value = getattr(args, f"matrix_{name}")
         if value is None:
             continue
-        need(args.matrix_optimizer != "muon",
-             f"option --matrix_{name} applies to --matrix_optimizer=adam, shampoo or soap; Muon (the default) has "
-             f"its own options (--muon_lr, --muon_weight_decay, --muon_momentum).")
-        need(name in MATRIX_OPTIMIZERS[args.matrix_optimizer]["settings"],
-             f"option --matrix_{name}: --matrix_optimizer={args.matrix_optimizer} has no such setting.")
+        need(
+            args.matrix_optimizer != "muon",
+            f"option --matrix_{name} applies to --matrix_optimizer=adam, shampoo or soap; Muon (the default) has "
+            f"its own options (--muon_lr, --muon_weight_decay, --muon_momentum).",
+        )
+        need(
+            name in MATRIX_OPTIMIZERS[args.matrix_optimizer]["settings"],
+            f"option --matrix_{name}: --matrix_optimizer={args.matrix_optimizer} has no such setting.",
+        )
         if name == "betas":
             need(all(0 <= b < 1 for b in value), f"option --matrix_betas={format_value(value)}: each in [0, 1).")
         elif name == "precondition_frequency":
             need(value >= 1, f"option --matrix_precondition_frequency={value}: must be at least 1.")
         else:
             need(value >= 0, f"option --matrix_{name}={format_value(value)}: must be 0 or more.")
-    need(args.record and "/" not in args.record and args.record not in (".", ".."),
-         f"option --record={args.record!r}: must be a plain folder name.")
+    need(
+        args.record and "/" not in args.record and args.record not in (".", ".."),
+        f"option --record={args.record!r}: must be a plain folder name.",
+    )
 
 
 def help_text() -> str:
@@ -464,9 +527,16 @@ if triton is not None:
         # because a 1024-row output has only 36 lower-triangle 128-tiles for 132 SMs (64-tiles: 136).
         # The autotuner times them per shape at the first call, in the startup check (before the clock);
         # benchmarks/bench_newton_schulz.py prints the picks and is how a GPU session confirms them.
-        _SYM_CONFIGS = [triton.Config(dict(BLOCK=block, BLOCK_K=block_k), num_warps=warps, num_stages=stages)
-                        for block, block_k, warps, stages in ((128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 4),
-                                                              (64, 64, 4, 4), (64, 128, 4, 3))]
+        _SYM_CONFIGS = [
+            triton.Config(dict(BLOCK=block, BLOCK_K=block_k), num_warps=warps, num_stages=stages)
+            for block, block_k, warps, stages in (
+                (128, 64, 8, 3),
+                (128, 64, 8, 4),
+                (128, 64, 4, 4),
+                (64, 64, 4, 4),
+                (64, 128, 4, 3),
+            )
+        ]
 
     def _device_shared_memory(device_index: int) -> Optional[int]:
         try:
@@ -484,12 +554,33 @@ if triton is not None:
         size = lambda c: sym_config_shared_memory(c, X.element_size())  # noqa: E731
         return [c for c in configs if size(c) <= limit] or [min(configs, key=size)]
 
-    @triton.autotune(configs=_SYM_CONFIGS, key=["N", "M", "K", "HAS_C"],
-                     prune_configs_by=dict(early_config_prune=_fitting_configs))
+    @triton.autotune(
+        configs=_SYM_CONFIGS, key=["N", "M", "K", "HAS_C"], prune_configs_by=dict(early_config_prune=_fitting_configs)
+    )
     @triton.jit
-    def _sym_matmul_kernel(X, C, Out, alpha, beta, N, M, K, sxb, sxm, sxk, scb, scm, scn, sob, som, son,
-                           HAS_C: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr,
-                           BLOCK_K: tl.constexpr):
+    def _sym_matmul_kernel(
+        X,
+        C,
+        Out,
+        alpha,
+        beta,
+        N,
+        M,
+        K,
+        sxb,
+        sxm,
+        sxk,
+        scb,
+        scm,
+        scn,
+        sob,
+        som,
+        son,
+        HAS_C: tl.constexpr,
+        PRECISION: tl.constexpr,
+        BLOCK: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
         """Out[n] = X[n] X[n]ᵀ, or alpha X[n] X[n]ᵀ + beta C[n] with C[n] symmetric (HAS_C), for X of
         shape (N, M, K). Program (t, n) computes the t-th lower-triangle tile of Out[n]. N is only a
         key of the autotuner: the batch sets how many programs fill the GPU."""
@@ -548,8 +639,21 @@ def _sym_matmul(X: Tensor, C: Optional[Tensor], alpha: float, beta: float) -> Te
         tiles = triton.cdiv(m, meta["BLOCK"])
         return tiles * (tiles + 1) // 2, n
 
-    _sym_matmul_kernel[grid](X, c, out, alpha, beta, n, m, k, *X.stride(), *c.stride(), *out.stride(),
-                             HAS_C=C is not None, PRECISION=precision)
+    _sym_matmul_kernel[grid](
+        X,
+        c,
+        out,
+        alpha,
+        beta,
+        n,
+        m,
+        k,
+        *X.stride(),
+        *c.stride(),
+        *out.stride(),
+        HAS_C=C is not None,
+        PRECISION=precision,
+    )
     return out[0] if squeeze else out
 
 
@@ -593,7 +697,8 @@ def check_newton_schulz_triton(device: torch.device, shapes: list[tuple[int, ...
             raise UserError(
                 f"the Triton Newton-Schulz kernels disagree with the torch path on this GPU: relative "
                 f"difference {rel:.3g} for a matrix of shape {shape}, expected below {NS_CHECK_TOLERANCE}. "
-                f"Run with --ns_impl=torch, and report the GPU, torch and triton versions.")
+                f"Run with --ns_impl=torch, and report the GPU, torch and triton versions."
+            )
 
 
 def resolve_ns_impl(requested: str, on_cuda: bool) -> str:
@@ -607,14 +712,19 @@ def resolve_ns_impl(requested: str, on_cuda: bool) -> str:
     if requested != "triton":
         raise ValueError(f"unknown --ns_impl={requested!r}: expected auto, triton or torch")
     if triton is None:
-        raise UserError("--ns_impl=triton but triton is not installed: install it (pip install triton) "
-                        "or use --ns_impl=torch.")
+        raise UserError(
+            "--ns_impl=triton but triton is not installed: install it (pip install triton) or use --ns_impl=torch."
+        )
     if on_cuda and TRITON_INTERPRET:
-        raise UserError("--ns_impl=triton with TRITON_INTERPRET=1 set: the kernels would run in the CPU "
-                        "interpreter. Unset TRITON_INTERPRET for a GPU run.")
+        raise UserError(
+            "--ns_impl=triton with TRITON_INTERPRET=1 set: the kernels would run in the CPU "
+            "interpreter. Unset TRITON_INTERPRET for a GPU run."
+        )
     if not on_cuda and not TRITON_INTERPRET:
-        raise UserError("--ns_impl=triton needs a CUDA GPU and this run is on CPU: use --ns_impl=torch "
-                        "(or auto, which picks torch on CPU).")
+        raise UserError(
+            "--ns_impl=triton needs a CUDA GPU and this run is on CPU: use --ns_impl=torch "
+            "(or auto, which picks torch on CPU)."
+        )
     return "triton"
 
 
@@ -641,8 +751,9 @@ def time_ms(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def measure_newton_schulz(device: torch.device, shapes: list[tuple[int, ...]], compiled: bool = True,
-                          repeats: int = NS_TIMING_REPEATS) -> dict[str, float]:
+def measure_newton_schulz(
+    device: torch.device, shapes: list[tuple[int, ...]], compiled: bool = True, repeats: int = NS_TIMING_REPEATS
+) -> dict[str, float]:
     """ms of one pass over one matrix of each shape, for the torch path (compiled, unless the run does
     not compile) and the Triton path; compiles and autotunes both first."""
     gen = torch.Generator(device=device).manual_seed(0)
@@ -687,8 +798,15 @@ def muon_nesterov(buf: Tensor, grad: Tensor, momentum: Tensor) -> Tensor:
     return momentum * buf + (1 - momentum) * g
 
 
-def muon_write(p: Tensor, mantissa: Optional[Tensor], smoothed: Optional[Tensor], update: Tensor,
-               smoothing: Tensor, step_size: Tensor, decay: Tensor) -> None:
+def muon_write(
+    p: Tensor,
+    mantissa: Optional[Tensor],
+    smoothed: Optional[Tensor],
+    update: Tensor,
+    smoothing: Tensor,
+    step_size: Tensor,
+    decay: Tensor,
+) -> None:
     """p <- p (1 - decay) - step_size * s, where s is the update or, with smoothing, its EMA."""
     if smoothed is not None:
         # update smoothing, an EMA of Muon's updates kept in bf16: record 13, medium track
@@ -705,8 +823,17 @@ def muon_write(p: Tensor, mantissa: Optional[Tensor], smoothed: Optional[Tensor]
         p.add_(update, alpha=-step_size)
 
 
-def muon_update(p: Tensor, mantissa: Optional[Tensor], buf: Tensor, smoothed: Optional[Tensor], grad: Tensor,
-                momentum: Tensor, smoothing: Tensor, step_size: Tensor, decay: Tensor) -> None:
+def muon_update(
+    p: Tensor,
+    mantissa: Optional[Tensor],
+    buf: Tensor,
+    smoothed: Optional[Tensor],
+    grad: Tensor,
+    momentum: Tensor,
+    smoothing: Tensor,
+    step_size: Tensor,
+    decay: Tensor,
+) -> None:
     """One Muon step of one parameter: Nesterov momentum, Newton-Schulz (torch), smoothing, decoupled
     decay, master-weight write. Compiled as one function, as the record compiles it."""
     update = newton_schulz_torch(muon_nesterov(buf, grad, momentum))
@@ -725,6 +852,7 @@ def muon_update_fn(ns_impl: str, compiled: bool):
 
     def update(p, mantissa, buf, smoothed, grad, momentum, smoothing, step_size, decay):
         write(p, mantissa, smoothed, newton_schulz_triton(nesterov(buf, grad, momentum)), smoothing, step_size, decay)
+
     return update
 
 
@@ -778,7 +906,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
                 if base + self.rank < len(params):  # member base + rank: the one this rank owns
                     self._update(params[base + self.rank], group)
                 if self.world_size > 1:
-                    members = params[base:base + self.world_size]
+                    members = params[base : base + self.world_size]
                     members = members + [torch.empty_like(members[-1])] * (self.world_size - len(members))
                     gathers.append(dist.all_gather(members, members[self.rank], async_op=True))
         for handle in gathers:
@@ -788,8 +916,18 @@ class MatrixOptimizer(torch.optim.Optimizer):
 class Muon(MatrixOptimizer):
     """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan), with update smoothing and master weights."""
 
-    def __init__(self, params, lr: float, weight_decay: float, momentum: float, update_smoothing: float,
-                 ns_impl: str = "torch", rank: int = 0, world_size: int = 1, compiled: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float,
+        momentum: float,
+        update_smoothing: float,
+        ns_impl: str = "torch",
+        rank: int = 0,
+        world_size: int = 1,
+        compiled: bool = False,
+    ):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, update_smoothing=update_smoothing)
         super().__init__(params, defaults, rank, world_size)
         self.compiled = compiled
@@ -814,8 +952,14 @@ class Muon(MatrixOptimizer):
         lr = group["lr"]
         step_size = lr * max(1.0, p.size(-2) / p.size(-1)) ** 0.5
         decay = lr * group["weight_decay"] * getattr(p, "wd_mul", 1.0)
-        self._update_fn(p, state.get("mantissa"), state["momentum_buffer"], state.get("smoothed_update"), p.grad,
-                        *map(full_precision, (group["momentum"], group["update_smoothing"], step_size, decay)))
+        self._update_fn(
+            p,
+            state.get("mantissa"),
+            state["momentum_buffer"],
+            state.get("smoothed_update"),
+            p.grad,
+            *map(full_precision, (group["momentum"], group["update_smoothing"], step_size, decay)),
+        )
 
 
 class MasterWeightMatrices(MatrixOptimizer):
@@ -892,11 +1036,28 @@ class Shampoo(torch.optim.Optimizer):
     Dimensions above max_preconditioner_dim are split into blocks, each preconditioned and grafted
     on its own."""
 
-    def __init__(self, params, lr: float, betas: tuple[float, float], epsilon: float, weight_decay: float,
-                 precondition_frequency: int, max_preconditioner_dim: int, graft_beta2: float, graft_eps: float):
-        defaults = dict(lr=lr, betas=betas, epsilon=epsilon, weight_decay=weight_decay,
-                        precondition_frequency=precondition_frequency, max_preconditioner_dim=max_preconditioner_dim,
-                        graft_beta2=graft_beta2, graft_eps=graft_eps)
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple[float, float],
+        epsilon: float,
+        weight_decay: float,
+        precondition_frequency: int,
+        max_preconditioner_dim: int,
+        graft_beta2: float,
+        graft_eps: float,
+    ):
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            epsilon=epsilon,
+            weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency,
+            max_preconditioner_dim=max_preconditioner_dim,
+            graft_beta2=graft_beta2,
+            graft_eps=graft_eps,
+        )
         super().__init__(params, defaults)
 
     @staticmethod
@@ -922,19 +1083,30 @@ class Shampoo(torch.optim.Optimizer):
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     state["graft_exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["blocks"] = [dict(L=g.new_zeros(g.size(0), g.size(0)), R=g.new_zeros(g.size(1), g.size(1)),
-                                            L_root=None, R_root=None)
-                                       for g in self._blocks(torch.empty_like(p, dtype=torch.float32), size)]
+                    state["blocks"] = [
+                        dict(
+                            L=g.new_zeros(g.size(0), g.size(0)),
+                            R=g.new_zeros(g.size(1), g.size(1)),
+                            L_root=None,
+                            R_root=None,
+                        )
+                        for g in self._blocks(torch.empty_like(p, dtype=torch.float32), size)
+                    ]
                 state["step"] += 1
                 t = state["step"]
                 g = p.grad.float()
                 state["exp_avg"].lerp_(g, 1 - b1)
                 state["graft_exp_avg_sq"].lerp_(g.square(), 1 - group["graft_beta2"])
-                M = state["exp_avg"] / (1 - b1 ** t)
+                M = state["exp_avg"] / (1 - b1**t)
                 A = M / ((state["graft_exp_avg_sq"] / (1 - group["graft_beta2"] ** t)).sqrt() + group["graft_eps"])
                 direction = torch.empty_like(M)
-                for block, g_b, m_b, a_b, out in zip(state["blocks"], self._blocks(g, size), self._blocks(M, size),
-                                                     self._blocks(A, size), self._blocks(direction, size)):
+                for block, g_b, m_b, a_b, out in zip(
+                    state["blocks"],
+                    self._blocks(g, size),
+                    self._blocks(M, size),
+                    self._blocks(A, size),
+                    self._blocks(direction, size),
+                ):
                     block["L"].lerp_(g_b @ g_b.mT, 1 - b2)
                     block["R"].lerp_(g_b.mT @ g_b, 1 - b2)
                     if t % freq == 0:
@@ -957,10 +1129,26 @@ class AdamVariant(torch.optim.Optimizer):
     nested: v as above, n = g / (sqrt(v̂) + eps), m <- b1 m + (1 - b1) n, w <- w (1 - lr wd) - lr m̂.
     The hat is the division by 1 - b^t (bias correction) or nothing."""
 
-    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
-                 bias_correction: bool = True, zero_init: bool = True, nested: bool = False):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
-                        zero_init=zero_init, nested=nested)
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        bias_correction: bool = True,
+        zero_init: bool = True,
+        nested: bool = False,
+    ):
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            zero_init=zero_init,
+            nested=nested,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -981,8 +1169,8 @@ class AdamVariant(torch.optim.Optimizer):
                 state["step"] += 1
                 t = state["step"].item()
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                bc1 = 1 - b1 ** t if group["bias_correction"] else 1.0
-                bc2 = 1 - b2 ** t if group["bias_correction"] else 1.0
+                bc1 = 1 - b1**t if group["bias_correction"] else 1.0
+                bc2 = 1 - b2**t if group["bias_correction"] else 1.0
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (v.sqrt() / math.sqrt(bc2)).add_(group["eps"])
                 if group["nested"]:
@@ -1000,8 +1188,9 @@ class AdamVariant(torch.optim.Optimizer):
 
 def adam_variant(args: Hyperparameters) -> Optional[dict]:
     """AdamVariant's switches when any Adam option differs from its default, else None (torch's AdamW)."""
-    variant = dict(bias_correction=args.adam_bias_correction, zero_init=args.adam_init == "zero",
-                   nested=args.adam_nested)
+    variant = dict(
+        bias_correction=args.adam_bias_correction, zero_init=args.adam_init == "zero", nested=args.adam_nested
+    )
     if variant == dict(bias_correction=True, zero_init=True, nested=False) and args.adam_eps_max is None:
         return None
     return variant
@@ -1028,11 +1217,19 @@ def make_soap(tensors, lr: float, s: dict, on_cuda: bool):
     try:
         from pytorch_optimizer import SOAP
     except ImportError as e:
-        raise UserError(f"--matrix_optimizer=soap uses the SOAP of the pytorch-optimizer package, which does not "
-                        f"import ({describe_error(e)}): pip install 'pytorch-optimizer>=4.1,<5'.") from None
+        raise UserError(
+            f"--matrix_optimizer=soap uses the SOAP of the pytorch-optimizer package, which does not "
+            f"import ({describe_error(e)}): pip install 'pytorch-optimizer>=4.1,<5'."
+        ) from None
     # pytorch-optimizer's default weight decay is 0.01; the published setting is 0 (passed explicitly)
-    return SOAP(tensors, lr=lr, betas=s["betas"], eps=s["eps"], weight_decay=s["weight_decay"],
-                precondition_frequency=s["precondition_frequency"])
+    return SOAP(
+        tensors,
+        lr=lr,
+        betas=s["betas"],
+        eps=s["eps"],
+        weight_decay=s["weight_decay"],
+        precondition_frequency=s["precondition_frequency"],
+    )
 
 
 # The optimizers --matrix_optimizer can put on the hidden matrices besides the record's Muon, each with the
@@ -1042,24 +1239,53 @@ def make_soap(tensors, lr: float, s: dict, on_cuda: bool):
 MATRIX_OPTIMIZERS = {
     "adam": dict(
         settings=dict(lr=0.0018, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0),
-        make=lambda tensors, lr, s, on_cuda: torch.optim.Adam(
-            tensors, lr=lr, betas=s["betas"], eps=s["eps"], weight_decay=s["weight_decay"],
-            decoupled_weight_decay=True, fused=on_cuda or None) if s.get("variant") is None else AdamVariant(
-            tensors, lr=lr, betas=s["betas"], eps=s["eps"], weight_decay=s["weight_decay"], **s["variant"]),
-        library=None),
+        make=lambda tensors, lr, s, on_cuda: (
+            torch.optim.Adam(
+                tensors,
+                lr=lr,
+                betas=s["betas"],
+                eps=s["eps"],
+                weight_decay=s["weight_decay"],
+                decoupled_weight_decay=True,
+                fused=on_cuda or None,
+            )
+            if s.get("variant") is None
+            else AdamVariant(
+                tensors, lr=lr, betas=s["betas"], eps=s["eps"], weight_decay=s["weight_decay"], **s["variant"]
+            )
+        ),
+        library=None,
+    ),
     "shampoo": dict(
         # Meta's DistributedShampoo settings: max preconditioner dim 8192, Adam grafting (beta2 0.95, eps 1e-8)
-        settings=dict(lr=0.0018, betas=(0.95, 0.95), eps=1e-12, weight_decay=0.0, precondition_frequency=10,
-                      max_preconditioner_dim=8192, graft_beta2=0.95, graft_eps=1e-8),
+        settings=dict(
+            lr=0.0018,
+            betas=(0.95, 0.95),
+            eps=1e-12,
+            weight_decay=0.0,
+            precondition_frequency=10,
+            max_preconditioner_dim=8192,
+            graft_beta2=0.95,
+            graft_eps=1e-8,
+        ),
         make=lambda tensors, lr, s, on_cuda: Shampoo(
-            tensors, lr=lr, betas=s["betas"], epsilon=s["eps"], weight_decay=s["weight_decay"],
-            precondition_frequency=s["precondition_frequency"], max_preconditioner_dim=s["max_preconditioner_dim"],
-            graft_beta2=s["graft_beta2"], graft_eps=s["graft_eps"]),
-        library=None),
+            tensors,
+            lr=lr,
+            betas=s["betas"],
+            epsilon=s["eps"],
+            weight_decay=s["weight_decay"],
+            precondition_frequency=s["precondition_frequency"],
+            max_preconditioner_dim=s["max_preconditioner_dim"],
+            graft_beta2=s["graft_beta2"],
+            graft_eps=s["graft_eps"],
+        ),
+        library=None,
+    ),
     "soap": dict(
         settings=dict(lr=0.0018, betas=(0.95, 0.95), eps=1e-8, weight_decay=0.0, precondition_frequency=10),
         make=make_soap,
-        library="pytorch-optimizer"),
+        library="pytorch-optimizer",
+    ),
 }
 MATRIX_OVERRIDES = ("lr", "betas", "eps", "weight_decay", "precondition_frequency")  # the --matrix_* options
 
@@ -1067,8 +1293,13 @@ MATRIX_OVERRIDES = ("lr", "betas", "eps", "weight_decay", "precondition_frequenc
 def matrix_optimizer_info(args: Hyperparameters) -> dict:
     """The hidden matrices' optimizer with every resolved setting and the library it comes from."""
     if args.matrix_optimizer == "muon":
-        settings = dict(lr=args.muon_lr, weight_decay=args.muon_weight_decay, mlp_wd_mul=args.mlp_wd_mul,
-                        momentum=(args.muon_momentum_start, args.muon_momentum), update_smoothing=args.update_smoothing)
+        settings = dict(
+            lr=args.muon_lr,
+            weight_decay=args.muon_weight_decay,
+            mlp_wd_mul=args.mlp_wd_mul,
+            momentum=(args.muon_momentum_start, args.muon_momentum),
+            update_smoothing=args.update_smoothing,
+        )
         return dict(name="muon", settings=settings, library=None)
     spec = MATRIX_OPTIMIZERS[args.matrix_optimizer]
     settings = dict(spec["settings"])
@@ -1194,7 +1425,7 @@ def document_block_masks(ids: Tensor, windows: list[Tensor]) -> list[tuple[Tenso
     W - 1 full blocks and max(W - all full candidates, 1) partial blocks, most recent first."""
     docs = (ids == EOT_TOKEN).cumsum(0)
     docs_low = docs[0::ATTN_BLOCK_SIZE]
-    docs_high = docs[ATTN_BLOCK_SIZE - 1::ATTN_BLOCK_SIZE]
+    docs_high = docs[ATTN_BLOCK_SIZE - 1 :: ATTN_BLOCK_SIZE]
     blocks = torch.arange(docs_low.numel(), device=ids.device)
     q, kv = blocks[:, None], blocks[None, :]
     # Document ranges overlap when low(q) <= high(kv) and low(kv) <= high(q); for q >= kv the second
@@ -1207,12 +1438,14 @@ def document_block_masks(ids: Tensor, windows: list[Tensor]) -> list[tuple[Tenso
     selections = []
     for w in windows:
         w = torch.as_tensor(w, dtype=torch.int32, device=ids.device)
-        selections.append((
-            torch.clamp_max(partial_count, torch.clamp_min(w - full_count, 1)),
-            partial_idx,
-            torch.clamp_max(full_count, torch.clamp_min(w - 1, 0)),
-            full_idx,
-        ))
+        selections.append(
+            (
+                torch.clamp_max(partial_count, torch.clamp_min(w - full_count, 1)),
+                partial_idx,
+                torch.clamp_max(full_count, torch.clamp_min(w - 1, 0)),
+                full_idx,
+            )
+        )
     return selections
 
 
@@ -1228,6 +1461,7 @@ def value_embed_index(block: int, num_layers: int) -> Optional[int]:
 def document_causal_mod(docs: Tensor):
     def mask_mod(b, h, q_idx, kv_idx):
         return (q_idx >= kv_idx) & (docs[q_idx] == docs[kv_idx])
+
     return mask_mod
 
 
@@ -1301,8 +1535,17 @@ class GPT(nn.Module):
     """The record's 16-layer model. attention="flex" uses FlexAttention (CUDA); "dense" computes the same
     mask densely with scaled_dot_product_attention (CPU, where FlexAttention has no backward)."""
 
-    def __init__(self, vocab_size: int, num_layers: int, num_heads: int, head_dim: int, model_dim: int,
-                 mlp_ratio: int, max_seq_len: int, attention: str = "flex"):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_layers: int,
+        num_heads: int,
+        head_dim: int,
+        model_dim: int,
+        mlp_ratio: int,
+        max_seq_len: int,
+        attention: str = "flex",
+    ):
         super().__init__()
         self.attention = attention
         self.embed1 = nn.Embedding(vocab_size, model_dim)
@@ -1310,16 +1553,21 @@ class GPT(nn.Module):
         self.value_embeds = nn.ModuleList(nn.Embedding(vocab_size, model_dim) for _ in range(NUM_VALUE_EMBEDS))
         self.blocks = nn.ModuleList(
             Block(model_dim, num_heads, head_dim, mlp_ratio * model_dim, has_attn=(i != NO_ATTENTION_BLOCK))
-            for i in range(num_layers))
+            for i in range(num_layers)
+        )
         self.max_seq_len = max_seq_len
         self.rotary = Rotary(head_dim, max_seq_len)
         self.lm_head_w = nn.Parameter(torch.zeros(next_multiple_of(vocab_size, VOCAB_MULTIPLE), model_dim))
         L = num_layers
-        self.scalars = nn.Parameter(torch.cat([
-            torch.ones(L),  # U-net skip weights
-            torch.tensor([1.0, 0.0, 0.0]).repeat(L),  # block lambdas
-            torch.tensor([0.5, 0.5]).repeat(L),  # attention lambdas
-        ]))
+        self.scalars = nn.Parameter(
+            torch.cat(
+                [
+                    torch.ones(L),  # U-net skip weights
+                    torch.tensor([1.0, 0.0, 0.0]).repeat(L),  # block lambdas
+                    torch.tensor([0.5, 0.5]).repeat(L),  # attention lambdas
+                ]
+            )
+        )
         self.reset_parameters()
 
     @torch.no_grad()
@@ -1340,9 +1588,13 @@ class GPT(nn.Module):
     def parameter_kinds(self) -> dict[str, list[Tensor]]:
         """The parameters by kind: what each optimizer takes, and the groups of the weight-drift log."""
         blocks = list(self.blocks)
-        return dict(embed=[self.embed1.weight, self.embed2.weight, *(e.weight for e in self.value_embeds)],
-                    head=[self.lm_head_w], attention=[b.attn.qkvo_w for b in blocks if b.attn is not None],
-                    mlp=[w for b in blocks for w in (b.mlp.fc_w, b.mlp.proj_w)], scalars=[self.scalars])
+        return dict(
+            embed=[self.embed1.weight, self.embed2.weight, *(e.weight for e in self.value_embeds)],
+            head=[self.lm_head_w],
+            attention=[b.attn.qkvo_w for b in blocks if b.attn is not None],
+            mlp=[w for b in blocks for w in (b.mlp.fc_w, b.mlp.proj_w)],
+            scalars=[self.scalars],
+        )
 
     def set_mlp_wd_mul(self, mul: float) -> None:
         """Muon multiplies its weight decay by a parameter's wd_mul."""
@@ -1365,8 +1617,8 @@ class GPT(nn.Module):
         x = x00 = norm(self.embed1(input_seq)[None])
         x01 = norm(self.embed2(input_seq)[None])
         skip_weights = self.scalars[:L]
-        lambdas = self.scalars[L:(1 + LAMBDAS_PER_BLOCK) * L].view(L, LAMBDAS_PER_BLOCK)
-        attn_lambdas = self.scalars[(1 + LAMBDAS_PER_BLOCK) * L:].view(L, ATTN_LAMBDAS_PER_BLOCK)
+        lambdas = self.scalars[L : (1 + LAMBDAS_PER_BLOCK) * L].view(L, LAMBDAS_PER_BLOCK)
+        attn_lambdas = self.scalars[(1 + LAMBDAS_PER_BLOCK) * L :].view(L, ATTN_LAMBDAS_PER_BLOCK)
         outputs = []
         for i, block in enumerate(self.blocks):
             if i in UNET_SKIPS:
@@ -1398,12 +1650,20 @@ class GPT(nn.Module):
         T = input_seq.numel()
         pad = next_multiple_of(T, ATTN_BLOCK_SIZE) - T
         ids = F.pad(input_seq.to(torch.int32), (0, pad), value=EOT_TOKEN)
-        return self.head(self.trunk(ids, window)[:T])[:, :self.embed1.num_embeddings]
+        return self.head(self.trunk(ids, window)[:T])[:, : self.embed1.num_embeddings]
 
 
 def build_model(args: Hyperparameters, attention: str) -> GPT:
-    model = GPT(args.vocab_size, args.num_layers, args.num_heads, args.head_dim, args.model_dim,
-                args.mlp_ratio, max(args.train_seq_len, args.val_seq_len), attention)
+    model = GPT(
+        args.vocab_size,
+        args.num_layers,
+        args.num_heads,
+        args.head_dim,
+        args.model_dim,
+        args.mlp_ratio,
+        max(args.train_seq_len, args.val_seq_len),
+        attention,
+    )
     model.set_mlp_wd_mul(args.mlp_wd_mul)
     return model
 
@@ -1415,8 +1675,11 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_siz
     embeds = kinds["embed"]
     matrices = [p for p in model.blocks.parameters() if p.ndim >= 2]
     on_cuda = model.lm_head_w.is_cuda
-    groups = [dict(params=kinds["head"], lr=args.adam_head_lr), dict(params=embeds, lr=args.adam_embed_lr),
-              dict(params=kinds["scalars"], lr=args.adam_scalar_lr)]
+    groups = [
+        dict(params=kinds["head"], lr=args.adam_head_lr),
+        dict(params=embeds, lr=args.adam_embed_lr),
+        dict(params=kinds["scalars"], lr=args.adam_scalar_lr),
+    ]
     settings = dict(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, weight_decay=args.adam_weight_decay)
     variant = adam_variant(args)
     if variant is None:  # the record
@@ -1424,16 +1687,30 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_siz
     else:
         adam = AdamVariant(groups, lr=args.adam_head_lr, **settings, **variant)
     if args.matrix_optimizer == "muon":
-        hidden = Muon(matrices, lr=args.muon_lr, weight_decay=args.muon_weight_decay, momentum=args.muon_momentum,
-                      update_smoothing=args.update_smoothing, ns_impl=resolve_ns_impl(args.ns_impl, on_cuda),
-                      rank=rank, world_size=world_size, compiled=args.compile)
+        hidden = Muon(
+            matrices,
+            lr=args.muon_lr,
+            weight_decay=args.muon_weight_decay,
+            momentum=args.muon_momentum,
+            update_smoothing=args.update_smoothing,
+            ns_impl=resolve_ns_impl(args.ns_impl, on_cuda),
+            rank=rank,
+            world_size=world_size,
+            compiled=args.compile,
+        )
     else:
         spec, settings = MATRIX_OPTIMIZERS[args.matrix_optimizer], matrix_optimizer_info(args)["settings"]
-        spec["make"]([torch.zeros(2, 2, device=model.lm_head_w.device)], settings["lr"], settings, on_cuda)  # fails now, not later
+        spec["make"](
+            [torch.zeros(2, 2, device=model.lm_head_w.device)], settings["lr"], settings, on_cuda
+        )  # fails now, not later
         scheduled = dict(lr=settings["lr"], **({"eps": settings["eps"]} if args.matrix_optimizer == "adam" else {}))
         hidden = MasterWeightMatrices(
-            matrices, lambda tensors, lr: spec["make"](tensors, lr, settings, on_cuda), rank=rank,
-            world_size=world_size, **scheduled)
+            matrices,
+            lambda tensors, lr: spec["make"](tensors, lr, settings, on_cuda),
+            rank=rank,
+            world_size=world_size,
+            **scheduled,
+        )
     for opt in (adam, hidden):
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
@@ -1468,18 +1745,24 @@ def read_shard_header(path) -> int:
     except OSError as e:
         raise UserError(f"cannot read shard {path}: {e.strerror}.") from None
     if len(header) < SHARD_HEADER_BYTES:
-        raise UserError(f"{path} is not a token shard: it has {size} bytes, fewer than the "
-                        f"{SHARD_HEADER_BYTES}-byte header. Re-create or re-download it.")
-    magic, version, count = (int.from_bytes(header[4 * i:4 * i + 4], "little", signed=True) for i in range(3))
+        raise UserError(
+            f"{path} is not a token shard: it has {size} bytes, fewer than the "
+            f"{SHARD_HEADER_BYTES}-byte header. Re-create or re-download it."
+        )
+    magic, version, count = (int.from_bytes(header[4 * i : 4 * i + 4], "little", signed=True) for i in range(3))
     if magic != SHARD_MAGIC:
-        raise UserError(f"{path} is not a token shard: header magic is {magic}, expected {SHARD_MAGIC}. "
-                        f"Re-create or re-download it.")
+        raise UserError(
+            f"{path} is not a token shard: header magic is {magic}, expected {SHARD_MAGIC}. "
+            f"Re-create or re-download it."
+        )
     if version != SHARD_VERSION:
         raise UserError(f"{path}: shard version {version}, expected {SHARD_VERSION}.")
     expected = SHARD_HEADER_BYTES + 2 * count
     if count < 0 or size != expected:
-        raise UserError(f"{path}: header says {count} tokens ({expected} bytes) but the file has {size} bytes; "
-                        f"it is truncated or corrupt. Delete it and download or create it again.")
+        raise UserError(
+            f"{path}: header says {count} tokens ({expected} bytes) but the file has {size} bytes; "
+            f"it is truncated or corrupt. Delete it and download or create it again."
+        )
     return count
 
 
@@ -1508,7 +1791,10 @@ def shard_files(pattern: str, option: str, hint: str) -> list[Path]:
 
 def data_hint(pattern: str, shards: int) -> str:
     if "fineweb10B" in pattern:
-        return f"Download them with `python data/cached_fineweb10B.py {shards}` ({FINEWEB_SHARD_TOKENS:,} tokens per train shard)."
+        return (
+            f"Download them with `python data/cached_fineweb10B.py {shards}` "
+            f"({FINEWEB_SHARD_TOKENS:,} tokens per train shard)."
+        )
     if "data/sample" in pattern:
         return "Build the offline sample dataset with `python data/sample.py`."
     return "Make more shards with `python data/fineweb.py` or point the option at other files."
@@ -1530,7 +1816,8 @@ def check_data(args: Hyperparameters, world_size: int) -> None:
             f"--train_files={args.train_files} has {len(files)} shard(s) with tokens for {available} steps, but "
             f"--num_iterations={args.num_iterations} needs {args.num_iterations} x {step_tokens:,} = "
             f"{args.num_iterations * step_tokens:,} tokens (each shard's tail shorter than a step is dropped). "
-            f"{data_hint(args.train_files, need_shards)}")
+            f"{data_hint(args.train_files, need_shards)}"
+        )
     val_step = args.seqs_per_step * args.val_seq_len
     val_steps = args.val_tokens // val_step
     files = shard_files(args.val_files, "val_files", data_hint(args.val_files, need_shards))
@@ -1539,7 +1826,8 @@ def check_data(args: Hyperparameters, world_size: int) -> None:
         raise UserError(
             f"--val_files={args.val_files} has tokens for {available} validation step(s) of {val_step:,} tokens, "
             f"but --val_tokens={args.val_tokens:,} needs {val_steps}. Use fewer --val_tokens or more val data. "
-            f"{data_hint(args.val_files, need_shards)}")
+            f"{data_hint(args.val_files, need_shards)}"
+        )
 
 
 def stream_position(token_counts: list[int], step_tokens: int, steps: int) -> tuple[int, int]:
@@ -1553,8 +1841,15 @@ def stream_position(token_counts: list[int], step_tokens: int, steps: int) -> tu
     return shard, pos
 
 
-def token_batches(files: list[Path], seq_len: int, seqs_per_step: int, rank: int, world_size: int,
-                  device: torch.device, start: tuple[int, int] = (0, 0)):
+def token_batches(
+    files: list[Path],
+    seq_len: int,
+    seqs_per_step: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    start: tuple[int, int] = (0, 0),
+):
     """Yield, per step, this rank's micro-batches [(inputs int32, targets int64), ...], from start
     (shard index, position; see stream_position).
 
@@ -1574,9 +1869,13 @@ def token_batches(files: list[Path], seq_len: int, seqs_per_step: int, rank: int
         batch = []
         for j in range(per_rank):
             begin = pos + (rank * per_rank + j) * seq_len
-            buf = tokens[begin:begin + seq_len + 1]
-            batch.append((buf[:-1].to(device=device, dtype=torch.int32, non_blocking=True),
-                          buf[1:].to(device=device, dtype=torch.int64, non_blocking=True)))
+            buf = tokens[begin : begin + seq_len + 1]
+            batch.append(
+                (
+                    buf[:-1].to(device=device, dtype=torch.int32, non_blocking=True),
+                    buf[1:].to(device=device, dtype=torch.int64, non_blocking=True),
+                )
+            )
         pos += step_tokens
         yield batch
 
@@ -1584,8 +1883,9 @@ def token_batches(files: list[Path], seq_len: int, seqs_per_step: int, rank: int
 HELLASWAG_ENDINGS = 4
 
 
-def read_hellaswag(path, vocab_size: Optional[int] = None,
-                   max_len: Optional[int] = None) -> list[tuple[list[int], list[list[int]], int]]:
+def read_hellaswag(
+    path, vocab_size: Optional[int] = None, max_len: Optional[int] = None
+) -> list[tuple[list[int], list[list[int]], int]]:
     """HellaSwag examples already tokenized by evals/hellaswag.py: JSON lines of {"context": [ids],
     "endings": [[ids] x 4], "label": 0..3}. Returns [(context, endings, label)]. With vocab_size and
     max_len, ids and candidate lengths are checked too, so a bad file fails before training, not after."""
@@ -1593,8 +1893,10 @@ def read_hellaswag(path, vocab_size: Optional[int] = None,
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise UserError(f"cannot read the tokenized HellaSwag file {path}: {e.strerror}. Make it with "
-                        f"`python evals/hellaswag.py --prepare` (downloads the validation set once).") from None
+        raise UserError(
+            f"cannot read the tokenized HellaSwag file {path}: {e.strerror}. Make it with "
+            f"`python evals/hellaswag.py --prepare` (downloads the validation set once)."
+        ) from None
     examples = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -1602,22 +1904,33 @@ def read_hellaswag(path, vocab_size: Optional[int] = None,
         try:
             ex = json.loads(line)
             context, endings, label = ex["context"], ex["endings"], ex["label"]
-            ok = (len(endings) == HELLASWAG_ENDINGS and label in range(HELLASWAG_ENDINGS)
-                  and all(isinstance(t, int) for t in context) and all(e and all(isinstance(t, int) for t in e)
-                                                                      for e in endings))
+            ok = (
+                len(endings) == HELLASWAG_ENDINGS
+                and label in range(HELLASWAG_ENDINGS)
+                and all(isinstance(t, int) for t in context)
+                and all(e and all(isinstance(t, int) for t in e) for e in endings)
+            )
         except (ValueError, KeyError, TypeError):
             ok = False
         if not ok:
-            raise UserError(f"{path}, line {number}: expected {{\"context\": [token ids], \"endings\": "
-                            f"[{HELLASWAG_ENDINGS} non-empty lists of token ids], \"label\": 0..3}}. "
-                            f"Re-create the file with `python evals/hellaswag.py --prepare`.")
-        if vocab_size is not None and not all(0 <= t < vocab_size for t in [*context, *(t for e in endings for t in e)]):
-            raise UserError(f"{path}, line {number}: a token id outside the vocabulary (0..{vocab_size - 1}). "
-                            f"Re-create the file with `python evals/hellaswag.py --prepare`.")
+            raise UserError(
+                f'{path}, line {number}: expected {{"context": [token ids], "endings": '
+                f'[{HELLASWAG_ENDINGS} non-empty lists of token ids], "label": 0..3}}. '
+                f"Re-create the file with `python evals/hellaswag.py --prepare`."
+            )
+        if vocab_size is not None and not all(
+            0 <= t < vocab_size for t in [*context, *(t for e in endings for t in e)]
+        ):
+            raise UserError(
+                f"{path}, line {number}: a token id outside the vocabulary (0..{vocab_size - 1}). "
+                f"Re-create the file with `python evals/hellaswag.py --prepare`."
+            )
         longest = 1 + len(context) + max(len(e) for e in endings)  # <|endoftext|> + context + ending
         if max_len is not None and longest > max_len:
-            raise UserError(f"{path}, line {number}: {longest} tokens, more than the model's longest sequence "
-                            f"({max_len}); use a model with longer sequences or drop the example.")
+            raise UserError(
+                f"{path}, line {number}: {longest} tokens, more than the model's longest sequence "
+                f"({max_len}); use a model with longer sequences or drop the example."
+            )
         examples.append((context, endings, label))
     if not examples:
         raise UserError(f"{path} holds no HellaSwag examples. Re-create it with `python evals/hellaswag.py --prepare`.")
@@ -1632,8 +1945,10 @@ MIB, GIB = 2**20, 2**30
 
 
 def format_val_line(step: int, num_iterations: int, val_loss: float, train_time_ms: float) -> str:
-    return (f"step:{step}/{num_iterations} val_loss:{val_loss:.6f} train_time:{train_time_ms:.0f}ms "
-            f"step_avg:{train_time_ms / max(step, 1):.2f}ms")
+    return (
+        f"step:{step}/{num_iterations} val_loss:{val_loss:.6f} train_time:{train_time_ms:.0f}ms "
+        f"step_avg:{train_time_ms / max(step, 1):.2f}ms"
+    )
 
 
 def format_train_line(step: int, num_iterations: int, train_time_ms: float) -> str:
@@ -1645,15 +1960,27 @@ class RunLog:
     """<folder>/<run id>.txt (the speedrun's log) and <run id>.json (a summary for tools), both written
     as the run goes. Neither file is ever overwritten: a clash of run ids is an error."""
 
-    def __init__(self, folder, run_id: str, enabled: bool = True, console: bool = True,
-                 resumed: Optional[dict] = None):
+    def __init__(self, folder, run_id: str, enabled: bool = True, console: bool = True, resumed: Optional[dict] = None):
         """resumed: the summary of a run that continues; its log is appended to (or started anew in
         another folder) and its summary updated."""
         self.enabled, self.console = enabled, console
-        self.summary = dict(format="speedrun-run/1", run_id=run_id, record=Path(folder).name, status="running",
-                            log_file=f"{run_id}.txt", hyperparameters={}, environment={}, num_iterations=None,
-                            val_losses=[], final_val_loss=None, train_time_ms=None, step_avg_ms=None,
-                            steps_done=0, peak_memory_allocated_mib=None, peak_memory_reserved_mib=None)
+        self.summary = dict(
+            format="speedrun-run/1",
+            run_id=run_id,
+            record=Path(folder).name,
+            status="running",
+            log_file=f"{run_id}.txt",
+            hyperparameters={},
+            environment={},
+            num_iterations=None,
+            val_losses=[],
+            final_val_loss=None,
+            train_time_ms=None,
+            step_avg_ms=None,
+            steps_done=0,
+            peak_memory_allocated_mib=None,
+            peak_memory_reserved_mib=None,
+        )
         if resumed is not None:
             self.summary = {**resumed, "status": "running", "record": Path(folder).name}
         if not enabled:
@@ -1667,11 +1994,13 @@ class RunLog:
             if resumed is None:
                 open(self.json_path, "x").close()
         except FileExistsError as e:
-            raise UserError(f"{e.filename} already exists; run logs are never overwritten. "
-                            f"Choose another --record or run id.") from None
+            raise UserError(
+                f"{e.filename} already exists; run logs are never overwritten. Choose another --record or run id."
+            ) from None
         except OSError as e:
-            raise UserError(f"cannot write the run log in {folder}: {e.strerror}. Choose a writable "
-                            f"--records_dir.") from None
+            raise UserError(
+                f"cannot write the run log in {folder}: {e.strerror}. Choose a writable --records_dir."
+            ) from None
         self._save()
 
     def write(self, line: str, console: bool = False, console_note: str = "") -> None:
@@ -1684,8 +2013,11 @@ class RunLog:
             print(line + console_note, flush=True)
 
     def set_header(self, source: str, environment: dict, hyperparameters: dict) -> None:
-        self.summary.update(environment=environment, hyperparameters=hyperparameters,
-                            num_iterations=hyperparameters.get("num_iterations"))
+        self.summary.update(
+            environment=environment,
+            hyperparameters=hyperparameters,
+            num_iterations=hyperparameters.get("num_iterations"),
+        )
         # The speedrun's layout first (source, versions, nvidia-smi between two rules), then the rest.
         self.write(source)
         self.write(LOG_RULE)
@@ -1710,17 +2042,21 @@ class RunLog:
         self.summary["val_losses"].append(dict(step=step, val_loss=val_loss, train_time_ms=train_time_ms))
         self.summary["steps_done"] = step
         if step == num_iterations:
-            self.summary.update(final_val_loss=val_loss, train_time_ms=train_time_ms,
-                                step_avg_ms=train_time_ms / max(step, 1))
+            self.summary.update(
+                final_val_loss=val_loss, train_time_ms=train_time_ms, step_avg_ms=train_time_ms / max(step, 1)
+            )
         self._save()
 
     def log_drift(self, step: int, drift: dict) -> None:
         """The weight drift of --log_weight_drift, added to the validation of that step."""
+
         def num(x: Optional[float], spec: str) -> str:
             return "n/a" if x is None else format(x, spec)
 
-        parts = [f"{name} rel {num(d['relative_distance'], '.4g')} cos {num(d['cosine'], '.6f')}"
-                 for name, d in drift.items()]
+        parts = [
+            f"{name} rel {num(d['relative_distance'], '.4g')} cos {num(d['cosine'], '.6f')}"
+            for name, d in drift.items()
+        ]
         self.write(f"weight drift at step {step}: " + ", ".join(parts))
         self.summary["val_losses"][-1]["weight_drift"] = drift
         self._save()
@@ -1728,13 +2064,19 @@ class RunLog:
     def log_train(self, step: int, num_iterations: int, train_time_ms: float) -> None:
         # The console also shows the training time left at this pace; the log keeps the speedrun's line.
         left_s = round(train_time_ms / step * (num_iterations - step) / 1000)
-        self.write(format_train_line(step, num_iterations, train_time_ms), console=True,
-                   console_note=f"  ({left_s // 60}m{left_s % 60:02d}s of training left)")
+        self.write(
+            format_train_line(step, num_iterations, train_time_ms),
+            console=True,
+            console_note=f"  ({left_s // 60}m{left_s % 60:02d}s of training left)",
+        )
         self.summary["steps_done"] = step
 
     def log_hellaswag(self, result: dict) -> None:
-        self.write(f"hellaswag: acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} (n={result['n']}, "
-                   f"{result['seconds']:.1f}s; not on the clock)", console=True)
+        self.write(
+            f"hellaswag: acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} (n={result['n']}, "
+            f"{result['seconds']:.1f}s; not on the clock)",
+            console=True,
+        )
         self.summary["hellaswag"] = result
         self._save()
 
@@ -1764,18 +2106,25 @@ class RunLog:
 def environment_info(device: torch.device, world_size: int) -> dict:
     def run(cmd: list[str]) -> Optional[str]:
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
-                                 cwd=Path(__file__).resolve().parent)
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parent)
             return out.stdout.strip() if out.returncode == 0 else None
         except (OSError, subprocess.TimeoutExpired):
             return None
 
-    info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                host=platform.node(), python=sys.version, torch=torch.__version__,
-                cuda=torch.version.cuda, device=str(device), world_size=world_size, torch_threads=torch.get_num_threads(),
-                command=" ".join([sys.executable] + sys.argv))
+    info = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        host=platform.node(),
+        python=sys.version,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        device=str(device),
+        world_size=world_size,
+        torch_threads=torch.get_num_threads(),
+        command=" ".join([sys.executable] + sys.argv),
+    )
     try:
         import triton
+
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
@@ -1786,8 +2135,11 @@ def environment_info(device: torch.device, world_size: int) -> dict:
         dirty = run(["git", "status", "--porcelain", "--untracked-files=no"])
         info["git_commit"] = commit + (" (uncommitted changes)" if dirty else "")
     # Variables that change what runs; the log must describe the run completely.
-    info["env"] = {k: v for k, v in sorted(os.environ.items())
-                   if k.startswith(("TORCH", "NCCL", "CUDA", "TRITON", "PYTORCH", "OMP"))} or None
+    info["env"] = {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if k.startswith(("TORCH", "NCCL", "CUDA", "TRITON", "PYTORCH", "OMP"))
+    } or None
     if device.type == "cuda":
         info["nvidia-smi"] = run(["nvidia-smi"])
     return info
@@ -1809,12 +2161,13 @@ def read_checkpoint(path) -> dict:
     except OSError as e:
         raise UserError(f"cannot read checkpoint {path}: {e.strerror}.") from None
     except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise UserError(f"{path} is not a readable checkpoint ({describe_error(e)}); "
-                        f"it may be truncated or not written by train_gpt.py.") from None
+        raise UserError(
+            f"{path} is not a readable checkpoint ({describe_error(e)}); "
+            f"it may be truncated or not written by train_gpt.py."
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(f"{path} is not a train_gpt.py checkpoint: format {found!r}, expected "
-                        f"{CHECKPOINT_FORMAT!r}.")
+        raise UserError(f"{path} is not a train_gpt.py checkpoint: format {found!r}, expected {CHECKPOINT_FORMAT!r}.")
     return ckpt
 
 
@@ -1822,8 +2175,10 @@ def hyperparameters_from(saved: dict, source) -> Hyperparameters:
     known = {f.name for f in fields(Hyperparameters)}
     unknown = sorted(set(saved) - known)
     if unknown:
-        raise UserError(f"{source} has hyperparameters this script does not know ({', '.join(unknown)}): "
-                        f"it was written by another version of train_gpt.py; use that version.")
+        raise UserError(
+            f"{source} has hyperparameters this script does not know ({', '.join(unknown)}): "
+            f"it was written by another version of train_gpt.py; use that version."
+        )
     return Hyperparameters(**saved)
 
 
@@ -1838,8 +2193,10 @@ def model_from_checkpoint(path, device) -> tuple[GPT, Hyperparameters, int]:
         model.load_state_dict(ckpt["model"])
         step = ckpt["step"]
     except (KeyError, RuntimeError) as e:
-        raise UserError(f"{path} does not hold this script's model ({describe_error(e)}): it was written by "
-                        f"another version of train_gpt.py.") from None
+        raise UserError(
+            f"{path} does not hold this script's model ({describe_error(e)}): it was written by "
+            f"another version of train_gpt.py."
+        ) from None
     return model.to(device).eval(), args, window_blocks(step, args)
 
 
@@ -1892,8 +2249,10 @@ def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
     """A gathered state_dict into opt: a matrix optimizer keeps the matrices this rank updates."""
     if isinstance(opt, MatrixOptimizer):
         owned = owned_indices(opt)
-        saved = {**saved, **{k: {i: v for i, v in saved[k].items() if i in owned}
-                              for k in PER_MATRIX_STATE if k in saved}}
+        saved = {
+            **saved,
+            **{k: {i: v for i, v in saved[k].items() if i in owned} for k in PER_MATRIX_STATE if k in saved},
+        }
     opt.load_state_dict(saved)
 
 
@@ -1919,11 +2278,16 @@ def data_identity(args: Hyperparameters) -> dict:
     """(file name, tokens) of the train and val shards a run reads: a resumed run must read the same."""
     used = {}
     for split, pattern, step_tokens, steps in (
-            ("train", args.train_files, args.seqs_per_step * args.train_seq_len, args.num_iterations),
-            ("val", args.val_files, args.seqs_per_step * args.val_seq_len,
-             args.val_tokens // (args.seqs_per_step * args.val_seq_len))):
+        ("train", args.train_files, args.seqs_per_step * args.train_seq_len, args.num_iterations),
+        (
+            "val",
+            args.val_files,
+            args.seqs_per_step * args.val_seq_len,
+            args.val_tokens // (args.seqs_per_step * args.val_seq_len),
+        ),
+    ):
         shards = shard_list(pattern)
-        used[split] = shards[:stream_position([n for _, n in shards], step_tokens, steps)[0] + 1]
+        used[split] = shards[: stream_position([n for _, n in shards], step_tokens, steps)[0] + 1]
     return used
 
 
@@ -1935,19 +2299,25 @@ def check_resumable(ckpt: dict, args: Hyperparameters) -> None:
     except (OSError, ValueError):
         finished = False  # no summary here (another folder or machine), or an unreadable one
     if finished:
-        raise UserError(f"--resume={args.resume}: run {ckpt['run_id']} has finished ({summary} says so); resuming "
-                        f"it would rewrite its record. Start a new run instead.")
+        raise UserError(
+            f"--resume={args.resume}: run {ckpt['run_id']} has finished ({summary} says so); resuming "
+            f"it would rewrite its record. Start a new run instead."
+        )
     if ckpt.get("source_sha256") != source_digest():
-        raise UserError(f"--resume={args.resume}: the checkpoint was written by another train_gpt.py (its source "
-                        f"differs from {Path(__file__).name}'s), so the resumed run would not compute what the "
-                        f"interrupted one would have. Resume with the script that wrote it: it is at the top of "
-                        f"the run's log.")
+        raise UserError(
+            f"--resume={args.resume}: the checkpoint was written by another train_gpt.py (its source "
+            f"differs from {Path(__file__).name}'s), so the resumed run would not compute what the "
+            f"interrupted one would have. Resume with the script that wrote it: it is at the top of "
+            f"the run's log."
+        )
     now = data_identity(args)
     for split in ("train", "val"):
         if [tuple(x) for x in ckpt["data"][split]] != now[split]:
-            raise UserError(f"--resume={args.resume}: the {split} shards differ from the checkpoint's run "
-                            f"(it read {format_shards(ckpt['data'][split])}; --{split}_files={getattr(args, split + '_files')} "
-                            f"now gives {format_shards(now[split])}). Point --{split}_files at the same data.")
+            raise UserError(
+                f"--resume={args.resume}: the {split} shards differ from the checkpoint's run "
+                f"(it read {format_shards(ckpt['data'][split])}; --{split}_files={getattr(args, split + '_files')} "
+                f"now gives {format_shards(now[split])}). Point --{split}_files at the same data."
+            )
 
 
 def format_shards(shards: list) -> str:
@@ -2062,16 +2432,20 @@ def resolve_runtime(args: Hyperparameters) -> Runtime:
         raise UserError(
             f"WORLD_SIZE={world_size} does not divide --seqs_per_step={args.seqs_per_step}: every rank must run "
             f"the same number of sequences per step. Use 1, 2, 4 or 8 processes for the record "
-            f"(torchrun --nproc_per_node=N).")
+            f"(torchrun --nproc_per_node=N)."
+        )
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
-        raise UserError("--device=cuda but torch sees no CUDA GPU (torch.cuda.is_available() is False). "
-                        "Check the driver and CUDA_VISIBLE_DEVICES, or that torch is a CUDA build.")
+        raise UserError(
+            "--device=cuda but torch sees no CUDA GPU (torch.cuda.is_available() is False). "
+            "Check the driver and CUDA_VISIBLE_DEVICES, or that torch is a CUDA build."
+        )
     if args.device == "auto" and not cuda and args.preset != "tiny":
         raise UserError(
             "no CUDA GPU is visible, and the record configuration is not run on CPU by accident (a broken "
             "driver must not silently become a CPU run). Fix CUDA, use --preset=tiny, or pass --device=cpu "
-            "to really run this configuration on CPU.")
+            "to really run this configuration on CPU."
+        )
     if args.device == "cpu" or not cuda:
         return Runtime(rank, world_size, torch.device("cpu"))
     if local_rank >= torch.cuda.device_count():
@@ -2080,9 +2454,11 @@ def resolve_runtime(args: Hyperparameters) -> Runtime:
 
 
 def snapshot(model: nn.Module, optimizers: list, snoo: Optional[Snoo]) -> dict:
-    return dict(model=copy.deepcopy(model.state_dict()),
-                optimizers=[copy.deepcopy(opt.state_dict()) for opt in optimizers],
-                snoo=snoo.state_dict() if snoo else None)
+    return dict(
+        model=copy.deepcopy(model.state_dict()),
+        optimizers=[copy.deepcopy(opt.state_dict()) for opt in optimizers],
+        snoo=snoo.state_dict() if snoo else None,
+    )
 
 
 def restore(saved: dict, model: nn.Module, optimizers: list, snoo: Optional[Snoo]) -> None:
@@ -2099,8 +2475,9 @@ def all_reduce_avg(t: Tensor, rt: Runtime, async_op: bool = False):
     return None
 
 
-def train_step(model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo: Optional[Snoo],
-               stop: bool = False) -> Tensor:
+def train_step(
+    model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo: Optional[Snoo], stop: bool = False
+) -> Tensor:
     """Forward/backward over this rank's micro-batches, average gradients over ranks, step everything.
     Returns (training loss, stop flag) averaged over ranks, as a tensor that is not synchronized: a
     flag above 0 means some rank was asked to stop."""
@@ -2110,8 +2487,10 @@ def train_step(model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo
         micro.backward()
         loss = loss + micro.detach()
     # all-reduce per parameter as soon as backward ends; each optimizer waits only for its own
-    handles = {opt: [all_reduce_avg(p.grad, rt, async_op=True) for g in opt.param_groups for p in g["params"]]
-               for opt in optimizers}
+    handles = {
+        opt: [all_reduce_avg(p.grad, rt, async_op=True) for g in opt.param_groups for p in g["params"]]
+        for opt in optimizers
+    }
     reported = torch.stack([loss, torch.full_like(loss, float(stop))])
     report_handle = all_reduce_avg(reported, rt, async_op=True)
     for opt in optimizers:
@@ -2131,8 +2510,14 @@ def train_step(model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo
 def evaluate(model, args: Hyperparameters, rt: Runtime, window: Tensor) -> float:
     model.eval()
     val_steps = args.val_tokens // (args.seqs_per_step * args.val_seq_len)
-    batches = token_batches(shard_files(args.val_files, "val_files", ""), args.val_seq_len, args.seqs_per_step,
-                            rt.rank, rt.world_size, rt.device)
+    batches = token_batches(
+        shard_files(args.val_files, "val_files", ""),
+        args.val_seq_len,
+        args.seqs_per_step,
+        rt.rank,
+        rt.world_size,
+        rt.device,
+    )
     total = torch.zeros((), device=rt.device)
     for _ in range(val_steps):
         for inputs, targets in next(batches):
@@ -2155,8 +2540,11 @@ def weight_drift(kinds: dict[str, list[Tensor]], initial: dict[str, list[Tensor]
             w, w0 = p.detach().double(), p0.double()
             sums += torch.stack([(w - w0).square().sum(), w0.square().sum(), w.square().sum(), (w * w0).sum()])
         d2, n0, n, dot = sums.tolist()
-        out[name] = dict(distance=math.sqrt(d2), relative_distance=math.sqrt(d2 / n0) if n0 > 0 else None,
-                         cosine=dot / math.sqrt(n * n0) if n > 0 and n0 > 0 else None)
+        out[name] = dict(
+            distance=math.sqrt(d2),
+            relative_distance=math.sqrt(d2 / n0) if n0 > 0 else None,
+            cosine=dot / math.sqrt(n * n0) if n > 0 and n0 > 0 else None,
+        )
     return out
 
 
@@ -2174,8 +2562,10 @@ def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens:
         for j, ending in enumerate(endings):
             tokens = [EOT_TOKEN, *context, *ending]
             if len(tokens) > model.max_seq_len:
-                raise UserError(f"HellaSwag example {i}, ending {j}: {len(tokens)} tokens, more than the model's "
-                                f"longest sequence ({model.max_seq_len}).")
+                raise UserError(
+                    f"HellaSwag example {i}, ending {j}: {len(tokens)} tokens, more than the model's "
+                    f"longest sequence ({model.max_seq_len})."
+                )
             pad = next_multiple_of(len(tokens), ATTN_BLOCK_SIZE) - len(tokens)
             candidates.append((tokens + [EOT_TOKEN] * pad, 1 + len(context), len(tokens), i, j))
     total = torch.full((len(examples), HELLASWAG_ENDINGS), -math.inf, dtype=torch.float64)
@@ -2187,8 +2577,8 @@ def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens:
         logp = torch.log_softmax(model.logits(ids, w), dim=-1)
         offset = 0
         for tokens, start, end, i, j in pack:
-            targets = ids[offset + start:offset + end]
-            ll = logp[offset + start - 1:offset + end - 1].gather(1, targets[:, None]).double()
+            targets = ids[offset + start : offset + end]
+            ll = logp[offset + start - 1 : offset + end - 1].gather(1, targets[:, None]).double()
             total[i, j], mean[i, j] = ll.sum().item(), ll.mean().item()
             offset += len(tokens)
 
@@ -2202,8 +2592,11 @@ def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens:
     if pack:
         score(pack)
     labels = torch.tensor([label for *_, label in examples])
-    return dict(n=len(examples), acc=(total.argmax(1) == labels).double().mean().item(),
-                acc_norm=(mean.argmax(1) == labels).double().mean().item())
+    return dict(
+        n=len(examples),
+        acc=(total.argmax(1) == labels).double().mean().item(),
+        acc_norm=(mean.argmax(1) == labels).double().mean().item(),
+    )
 
 
 NS_TRITON_MARGIN = 0.95  # auto takes Triton only if at least 5% faster: runs of one batch then agree
@@ -2227,9 +2620,11 @@ def choose_newton_schulz(requested: str, rt: Runtime, shapes: list[tuple[int, ..
         error = describe_error(e)
     failed = [f"rank {r}: {m}" if rt.world_size > 1 else m for r, m in enumerate(rt.gather_messages(error)) if m]
     if failed and requested == "triton":
-        raise UserError(f"--ns_impl=triton: the Triton path fails on this GPU ({'; '.join(failed)}). Use "
-                        f"--ns_impl=auto (falls back to torch) or torch, and report the GPU, torch and triton "
-                        f"versions.")
+        raise UserError(
+            f"--ns_impl=triton: the Triton path fails on this GPU ({'; '.join(failed)}). Use "
+            f"--ns_impl=auto (falls back to torch) or torch, and report the GPU, torch and triton "
+            f"versions."
+        )
     if failed:
         info.update(used="torch", note=f"the Triton path failed ({'; '.join(failed)}); using torch")
     elif timings is not None:
@@ -2238,7 +2633,9 @@ def choose_newton_schulz(requested: str, rt: Runtime, shapes: list[tuple[int, ..
             all_reduce_avg(t, rt)
             timings = dict(zip(timings, t.tolist()))
         faster = timings["triton"] < NS_TRITON_MARGIN * timings["torch"]
-        info.update(timings_ms=timings, used="triton" if faster else "torch", torch_timed="compiled" if compiled else "eager")
+        info.update(
+            timings_ms=timings, used="triton" if faster else "torch", torch_timed="compiled" if compiled else "eager"
+        )
     return info
 
 
@@ -2246,8 +2643,10 @@ def newton_schulz_line(info: dict) -> str:
     line = f"newton_schulz: {info['used']} (--ns_impl={info['requested']}"
     if info["timings_ms"]:
         t = info["timings_ms"]
-        line += (f"; one pass over the run's matrix shapes: {info['torch_timed']} torch {t['torch']:.3f} ms, "
-                 f"triton {t['triton']:.3f} ms")
+        line += (
+            f"; one pass over the run's matrix shapes: {info['torch_timed']} torch {t['torch']:.3f} ms, "
+            f"triton {t['triton']:.3f} ms"
+        )
     if info["note"]:
         line += f"; {info['note']}"
     return line + ")"
@@ -2256,11 +2655,16 @@ def newton_schulz_line(info: dict) -> str:
 def open_run_log(args: Hyperparameters, rt: Runtime, ckpt: Optional[dict] = None) -> RunLog:
     """Rank 0 creates the log files (or, resuming, reopens them); every rank learns whether that
     worked, so none waits forever."""
-    run_id = ckpt["run_id"] if ckpt else f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+    run_id = (
+        ckpt["run_id"]
+        if ckpt
+        else f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+    )
     error = None
     try:
-        log = RunLog(Path(args.records_dir) / args.record, run_id, enabled=rt.master,
-                     resumed=ckpt["summary"] if ckpt else None)
+        log = RunLog(
+            Path(args.records_dir) / args.record, run_id, enabled=rt.master, resumed=ckpt["summary"] if ckpt else None
+        )
     except UserError as e:
         error, log = e, None
     if not rt.all_ranks_ok(error is None):
@@ -2281,8 +2685,11 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
     ckpt = read_checkpoint(args.resume) if args.resume else None
     if ckpt:
         check_resumable(ckpt, args)
-    hellaswag = (read_hellaswag(args.hellaswag_file, args.vocab_size, max(args.train_seq_len, args.val_seq_len))
-                 if args.hellaswag else None)
+    hellaswag = (
+        read_hellaswag(args.hellaswag_file, args.vocab_size, max(args.train_seq_len, args.val_seq_len))
+        if args.hellaswag
+        else None
+    )
     if args.seed is None:
         args.seed = secrets.randbits(31)
     torch.manual_seed(args.seed)
@@ -2309,8 +2716,16 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
     log = open_run_log(args, rt, ckpt)
     log.summary.update(newton_schulz=newton_schulz, matrix_optimizer=matrix_optimizer_info(args))
     if adam_variant(args):
-        schedule = dict(eps_max=args.adam_eps_max, start_frac=args.adam_eps_start_frac, end_frac=args.adam_eps_end_frac,
-                        growth=args.adam_eps_growth) if args.adam_eps_max is not None else None
+        schedule = (
+            dict(
+                eps_max=args.adam_eps_max,
+                start_frac=args.adam_eps_start_frac,
+                end_frac=args.adam_eps_end_frac,
+                growth=args.adam_eps_growth,
+            )
+            if args.adam_eps_max is not None
+            else None
+        )
         log.summary["adam_variant"] = dict(**adam_variant(args), eps_schedule=schedule)
     training = Training(args, rt, stopper, log, model, optimizers, snoo, ckpt, hellaswag)
     status = "failed"
@@ -2323,7 +2738,9 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
         status = "diverged"
     except Interrupted as e:
         if status == "finished":
-            log.write(f"INTERRUPTED by {e} after training had finished; the steps after it were not done.", console=True)
+            log.write(
+                f"INTERRUPTED by {e} after training had finished; the steps after it were not done.", console=True
+            )
             return Stopper.exit_code(e.signum)
         log.write(f"INTERRUPTED by {e} after step {log.summary['steps_done']}; run stopped.", console=True)
         status = "interrupted"
@@ -2339,8 +2756,11 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
             log.write(f"FAILED {describe_error(e)}")
             raise
         # a rank that stopped first broke a collective of this one: interrupted as well
-        log.write(f"INTERRUPTED by {signal.Signals(stopper.signum).name} after step {log.summary['steps_done']}; "
-                  f"run stopped ({describe_error(e)}).", console=True)
+        log.write(
+            f"INTERRUPTED by {signal.Signals(stopper.signum).name} after step {log.summary['steps_done']}; "
+            f"run stopped ({describe_error(e)}).",
+            console=True,
+        )
         status = "interrupted"
     finally:
         log.finish(status)
@@ -2353,8 +2773,18 @@ class Training:
     """The logged part of a run: the header, the kernel warmup, training with its validations and
     checkpoints, and what follows the last step. run() returns the status."""
 
-    def __init__(self, args: Hyperparameters, rt: Runtime, stopper: Stopper, log: RunLog, model: GPT,
-                 optimizers: list, snoo: Optional[Snoo], ckpt: Optional[dict], hellaswag: Optional[list]):
+    def __init__(
+        self,
+        args: Hyperparameters,
+        rt: Runtime,
+        stopper: Stopper,
+        log: RunLog,
+        model: GPT,
+        optimizers: list,
+        snoo: Optional[Snoo],
+        ckpt: Optional[dict],
+        hellaswag: Optional[list],
+    ):
         self.args, self.rt, self.stopper, self.log, self.model = args, rt, stopper, log, model
         self.optimizers, self.snoo, self.ckpt, self.hellaswag = optimizers, snoo, ckpt, hellaswag
         self.on_cuda = rt.device.type == "cuda"
@@ -2362,6 +2792,7 @@ class Training:
         self.compiled = model
         if self.on_cuda and args.compile:
             import torch._inductor.config as inductor_config
+
             inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
             self.compiled = torch.compile(model, dynamic=False)
         self.windows: dict[int, Tensor] = {}  # one device tensor per window size: no copy to the GPU per step
@@ -2399,13 +2830,21 @@ class Training:
         if rt.master:
             print(f"logging to {log.txt_path}", flush=True)
             if self.ckpt is None or not log.appending:
-                log.set_header(Path(__file__).read_text(encoding="utf-8"), environment_info(rt.device, rt.world_size),
-                               asdict(args))
+                log.set_header(
+                    Path(__file__).read_text(encoding="utf-8"), environment_info(rt.device, rt.world_size), asdict(args)
+                )
         if self.ckpt:
-            resumed = dict(step=self.ckpt["step"], checkpoint=str(args.resume), world_size=rt.world_size,
-                           date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-            log.write(f"RESUMED from {args.resume} at step {resumed['step']}/{args.num_iterations} "
-                      f"(world size {rt.world_size}, {resumed['date']})", console=True)
+            resumed = dict(
+                step=self.ckpt["step"],
+                checkpoint=str(args.resume),
+                world_size=rt.world_size,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            )
+            log.write(
+                f"RESUMED from {args.resume} at step {resumed['step']}/{args.num_iterations} "
+                f"(world size {rt.world_size}, {resumed['date']})",
+                console=True,
+            )
             log.summary.setdefault("resumed", []).append(resumed)
             if rt.master and log.appending:  # the environment of this part of the run
                 for key, value in environment_info(rt.device, rt.world_size).items():
@@ -2425,17 +2864,26 @@ class Training:
         start = time.perf_counter()
         saved = snapshot(self.model, self.optimizers, self.snoo)
         for _ in range(args.warmup_steps):
-            batch = [(torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device, dtype=torch.int32),
-                      torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device))
-                     for _ in range(args.seqs_per_step // rt.world_size)]
+            batch = [
+                (
+                    torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device, dtype=torch.int32),
+                    torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device),
+                )
+                for _ in range(args.seqs_per_step // rt.world_size)
+            ]
             train_step(self.compiled, batch, self.window(0), rt, self.optimizers, self.snoo)
         restore(saved, self.model, self.optimizers, self.snoo)
         del saved
         rt.synchronize()
-        did = warmup_description(self.compiled is not self.model, self.muon is not None and self.muon.compiled,
-                                 self.muon and self.muon.ns_impl)
-        self.log.write(f"kernel warmup: {args.warmup_steps} steps in {time.perf_counter() - start:.1f}s "
-                       f"({did}; not on the clock)", console=True)
+        did = warmup_description(
+            self.compiled is not self.model,
+            self.muon is not None and self.muon.compiled,
+            self.muon and self.muon.ns_impl,
+        )
+        self.log.write(
+            f"kernel warmup: {args.warmup_steps} steps in {time.perf_counter() - start:.1f}s ({did}; not on the clock)",
+            console=True,
+        )
 
     def validate(self, step: int) -> None:
         val_loss = evaluate(self.compiled, self.args, self.rt, self.window(step))
@@ -2453,16 +2901,29 @@ class Training:
         if not rt.master:
             return
         payload = dict(
-            format=CHECKPOINT_FORMAT, run_id=self.log.summary["run_id"], step=step, validated_step=self.validated,
-            train_time_ms=self.training_time_ms, world_size=rt.world_size, hyperparameters=asdict(args),
-            source_sha256=source_digest(), data=data_identity(args), data_position=list(self.position(step)),
-            model=copy_to(self.model.state_dict(), "cpu"), optimizers=optimizers,
+            format=CHECKPOINT_FORMAT,
+            run_id=self.log.summary["run_id"],
+            step=step,
+            validated_step=self.validated,
+            train_time_ms=self.training_time_ms,
+            world_size=rt.world_size,
+            hyperparameters=asdict(args),
+            source_sha256=source_digest(),
+            data=data_identity(args),
+            data_position=list(self.position(step)),
+            model=copy_to(self.model.state_dict(), "cpu"),
+            optimizers=optimizers,
             snoo=copy_to(self.snoo.state_dict(), "cpu") if self.snoo else None,
             rng=dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(rt.device) if self.on_cuda else None),
-            summary=json.loads(json.dumps(self.log.summary)), initial_weights=copy_to(self.initial, "cpu") if self.initial else None)
+            summary=json.loads(json.dumps(self.log.summary)),
+            initial_weights=copy_to(self.initial, "cpu") if self.initial else None,
+        )
         size = write_atomically(payload, self.resume_path)
-        self.log.write(f"checkpoint at step {step}: {self.resume_path} ({size / GIB:.2f} GiB in "
-                       f"{time.perf_counter() - start:.1f}s; not on the clock)", console=True)
+        self.log.write(
+            f"checkpoint at step {step}: {self.resume_path} ({size / GIB:.2f} GiB in "
+            f"{time.perf_counter() - start:.1f}s; not on the clock)",
+            console=True,
+        )
 
     def position(self, step: int) -> tuple[int, int]:
         args = self.args
@@ -2483,8 +2944,15 @@ class Training:
 
         first = self.ckpt["step"] if self.ckpt else 0
         self.validated = self.ckpt["validated_step"] if self.ckpt else None  # the last step validated
-        train_batches = token_batches(shard_files(args.train_files, "train_files", ""), args.train_seq_len,
-                                      args.seqs_per_step, rt.rank, rt.world_size, rt.device, self.position(first))
+        train_batches = token_batches(
+            shard_files(args.train_files, "train_files", ""),
+            args.train_seq_len,
+            args.seqs_per_step,
+            rt.rank,
+            rt.world_size,
+            rt.device,
+            self.position(first),
+        )
         pending = None  # (step, loss and stop flag on the host, ready event): read one step late, the GPU never idles
         self.stopper.deferred = True  # from here a signal stops the run after a whole step, on every rank alike
         rt.barrier()
@@ -2501,8 +2969,15 @@ class Training:
             if last:
                 break
             set_schedules(step, args, self.optimizers)
-            reported = train_step(self.compiled, next(train_batches), self.window(step), rt, self.optimizers,
-                                  self.snoo, self.stopper.requested)
+            reported = train_step(
+                self.compiled,
+                next(train_batches),
+                self.window(step),
+                rt,
+                self.optimizers,
+                self.snoo,
+                self.stopper.requested,
+            )
             if pending is not None:
                 done, host, ready = pending
                 if ready is not None:
@@ -2531,8 +3006,13 @@ class Training:
             try:
                 if args.save_checkpoint:
                     # every rank holds all weights (the matrix optimizers all-gather): rank 0's are the model
-                    payload = dict(format=CHECKPOINT_FORMAT, run_id=log.summary["run_id"], step=args.num_iterations,
-                                   hyperparameters=asdict(args), model=copy_to(self.model.state_dict(), "cpu"))
+                    payload = dict(
+                        format=CHECKPOINT_FORMAT,
+                        run_id=log.summary["run_id"],
+                        step=args.num_iterations,
+                        hyperparameters=asdict(args),
+                        model=copy_to(self.model.state_dict(), "cpu"),
+                    )
                     size = write_atomically(payload, self.weights_path, exclusive=True)
                     log.write(f"checkpoint: {self.weights_path} ({size / GIB:.2f} GiB, final weights)", console=True)
                 if self.hellaswag is not None:
@@ -2550,8 +3030,9 @@ class Training:
         self.model.eval()
         self.model.attention, attention = "dense", self.model.attention  # exact at these lengths
         try:
-            result = hellaswag_score(self.model, self.hellaswag, window_blocks(self.args.num_iterations, self.args),
-                                     self.rt.device)
+            result = hellaswag_score(
+                self.model, self.hellaswag, window_blocks(self.args.num_iterations, self.args), self.rt.device
+            )
         finally:
             self.model.attention = attention
             self.model.train()
@@ -2576,8 +3057,10 @@ def main(argv: list[str]) -> int:
         if rt.world_size > 1:
             if rt.device.type == "cuda":
                 torch.cuda.set_device(rt.device)
-            dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo", device_id=(
-                rt.device if rt.device.type == "cuda" else None))
+            dist.init_process_group(
+                backend="nccl" if rt.device.type == "cuda" else "gloo",
+                device_id=(rt.device if rt.device.type == "cuda" else None),
+            )
         return run(args, rt, stopper)
     except UserError as e:
         if rt is None or rt.master:

@@ -81,7 +81,8 @@ def main() -> None:
         t_full, _ = best(lambda: subprocess.run(cmd + outputs, check=True, capture_output=True), args.repeat)
 
     print(
-        f"{args.runs} logs x {lines} lines ({size:.0f} MiB), {SAMPLES} bootstrap samples of {SIZE}; best of {args.repeat}; "
+        f"{args.runs} logs x {lines} lines ({size:.0f} MiB), {SAMPLES} bootstrap samples of {SIZE}; "
+        f"best of {args.repeat}; "
         f"{os.cpu_count()} CPUs visible, affinity {len(os.sched_getaffinity(0))}"
     )
     print(f"{'stage':<44}{'seconds':>8}")

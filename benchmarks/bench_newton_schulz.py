@@ -47,7 +47,7 @@ SMOKE_MATRICES = [
 def useful_flops(shape: tuple) -> int:
     *batch, m, k = shape
     m, k = min(m, k), max(m, k)
-    return math.prod(batch) * len(tg.NS_COEFFS) * (4 * m * m * k + 2 * m ** 3)
+    return math.prod(batch) * len(tg.NS_COEFFS) * (4 * m * m * k + 2 * m**3)
 
 
 def time_ms(fn, inputs: list, device: torch.device, warmup: int, repeat: int) -> float:
@@ -59,7 +59,7 @@ def matmul_ceiling(n: int, dtype: torch.dtype, device: torch.device, warmup: int
     """TFLOP/s of one n x n x n matmul, the rate the GPU reaches on the easiest shape."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n ** 3 / time_ms(lambda _: a @ b, [None], device, warmup, repeat) / 1e9
+    return 2 * n**3 / time_ms(lambda _: a @ b, [None], device, warmup, repeat) / 1e9
 
 
 def workloads(matrices: list) -> list:
@@ -110,14 +110,17 @@ def main() -> None:
     ceiling = matmul_ceiling(ceiling_n, dtype, device, warmup, repeat)
     lines = [
         f"Newton-Schulz benchmark, {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU (smoke: numbers mean nothing)'}",
+        "device: "
+        + (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke: numbers mean nothing)"),
         f"torch {torch.__version__}, triton {tg.triton.__version__ if tg.triton else None}, "
         f"dtype {str(dtype).removeprefix('torch.')}, median of {repeat} passes after {warmup} warmup",
         f"matmul ceiling ({ceiling_n}^3, {str(dtype).removeprefix('torch.')}): {ceiling:.4g} TFLOP/s",
         "",
     ]
-    header = (f"{'workload':<36} {'GFLOP':>8} {torch_label + ' ms':>18} {'triton ms':>10} {'speedup':>8} "
-              f"{'torch TFLOP/s':>14} {'triton TFLOP/s':>15} {'of ceiling':>10} {'rel diff':>9}")
+    header = (
+        f"{'workload':<36} {'GFLOP':>8} {torch_label + ' ms':>18} {'triton ms':>10} {'speedup':>8} "
+        f"{'torch TFLOP/s':>14} {'triton TFLOP/s':>15} {'of ceiling':>10} {'rel diff':>9}"
+    )
     lines += [header, "-" * len(header)]
     for name, parts in workloads(matrices):
         inputs = [torch.randn(shape, device=device, generator=gen) for shape, count in parts for _ in range(count)]
@@ -128,8 +131,10 @@ def main() -> None:
             t_triton = time_ms(triton_ns, inputs, device, warmup, repeat)
             ref, out = torch_ns(inputs[0]).double(), triton_ns(inputs[0]).double()
             diff = ((out - ref).norm() / ref.norm()).item()
-            row += (f"{t_triton:>10.3f} {t_torch / t_triton:>7.2f}x {gflop / t_torch:>14.4g} "
-                    f"{gflop / t_triton:>15.4g} {gflop / t_triton / ceiling:>10.0%} {diff:>9.1e}")
+            row += (
+                f"{t_triton:>10.3f} {t_torch / t_triton:>7.2f}x {gflop / t_torch:>14.4g} "
+                f"{gflop / t_triton:>15.4g} {gflop / t_triton / ceiling:>10.0%} {diff:>9.1e}"
+            )
         else:
             row += f"{'n/a':>10} {'n/a':>8} {gflop / t_torch:>14.4g} {'n/a':>15} {'n/a':>10} {'n/a':>9}"
         lines.append(row)

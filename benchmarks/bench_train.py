@@ -10,6 +10,7 @@ train_gpt.py with the record's hyperparameters for --steps steps (one validation
 --val_steps validation steps), and prints a table made from the run's own log. With fewer than 8
 processes each rank accumulates 8 / nproc sequences per step, so ms per step is per record step.
 """
+
 import argparse
 import datetime
 import re
@@ -25,8 +26,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "data"))
 sys.path.insert(0, str(REPO))
-import train_gpt as tg  # noqa: E402
 from shards import write_shard  # noqa: E402
+
+import train_gpt as tg  # noqa: E402
 
 TRAIN_LINE = re.compile(r"^step:(\d+)/\d+ train_time:(\d+)ms")
 VAL_LINE = re.compile(r"^step:\d+/\d+ val_loss:(\S+) ")
@@ -61,19 +63,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=1, choices=(1, 2, 4, 8), help="processes (GPUs)")
     parser.add_argument("--steps", type=int, help="training steps to time (default 20; smoke 4)")
-    parser.add_argument("--val_steps", type=int, default=1, help="validation steps (of seqs_per_step x val_seq_len tokens)")
+    parser.add_argument(
+        "--val_steps", type=int, default=1, help="validation steps (of seqs_per_step x val_seq_len tokens)"
+    )
     parser.add_argument("--skip", type=int, help="first steps left out of ms per step (default 3; smoke 1)")
     parser.add_argument("--out", type=Path, help="also write the table to this file (never overwritten)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="the tiny preset on CPU for a few steps: checks the script runs; numbers mean nothing")
-    parser.add_argument("train_args", nargs="*", metavar="-- OPTION",
-                        help="train_gpt.py options after --, e.g. -- --coordinate_descent_tuning=false")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the tiny preset on CPU for a few steps: checks the script runs; numbers mean nothing",
+    )
+    parser.add_argument(
+        "train_args",
+        nargs="*",
+        metavar="-- OPTION",
+        help="train_gpt.py options after --, e.g. -- --coordinate_descent_tuning=false",
+    )
     args = parser.parse_args(argv)
     steps = args.steps or (4 if args.smoke else 20)
     skip = args.skip if args.skip is not None else (1 if args.smoke else 3)
     if not args.smoke and not torch.cuda.is_available():
-        sys.exit("error: bench_train.py times the record configuration and needs a CUDA GPU; none is visible "
-                 "(--smoke runs the tiny preset on CPU).")
+        sys.exit(
+            "error: bench_train.py times the record configuration and needs a CUDA GPU; none is visible "
+            "(--smoke runs the tiny preset on CPU)."
+        )
     if steps <= skip:
         sys.exit(f"error: --steps={steps} must be larger than --skip={skip}.")
     if args.out and args.out.exists():
@@ -93,9 +106,17 @@ def main(argv=None) -> int:
         cmd = [sys.executable, str(REPO / "train_gpt.py")]
         if args.nproc > 1:
             cmd = ["torchrun", "--standalone", f"--nproc_per_node={args.nproc}", str(REPO / "train_gpt.py")]
-        cmd += [*preset, f"--train_files={tmp}/train_*.bin", f"--val_files={tmp}/val_*.bin",
-                f"--val_tokens={args.val_steps * val_step_tokens}", f"--num_iterations={steps}",
-                "--val_loss_every=0", f"--records_dir={tmp}/records", "--record=bench", *args.train_args]
+        cmd += [
+            *preset,
+            f"--train_files={tmp}/train_*.bin",
+            f"--val_files={tmp}/val_*.bin",
+            f"--val_tokens={args.val_steps * val_step_tokens}",
+            f"--num_iterations={steps}",
+            "--val_loss_every=0",
+            f"--records_dir={tmp}/records",
+            "--record=bench",
+            *args.train_args,
+        ]
         start = time.perf_counter()
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -104,7 +125,9 @@ def main(argv=None) -> int:
         (log,) = (tmp / "records" / "bench").glob("*.txt")
         lines = log.read_text().splitlines()
 
-    device = f"{args.nproc} x {torch.cuda.get_device_name(0)}" if not args.smoke else "CPU (smoke: numbers mean nothing)"
+    device = (
+        f"{args.nproc} x {torch.cuda.get_device_name(0)}" if not args.smoke else "CPU (smoke: numbers mean nothing)"
+    )
     rows = [
         ("GPU", device),
         ("torch / CUDA", f"{torch.__version__} / {torch.version.cuda}"),
@@ -113,8 +136,9 @@ def main(argv=None) -> int:
         ("whole process", f"{wall:.1f} s"),
     ] + rows_from_log(lines, steps, skip)
     width = max(len(r[0]) for r in rows)
-    table = "\n".join([f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
-                      + [f"| {k:{width}} | {v} |" for k, v in rows])
+    table = "\n".join(
+        [f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"] + [f"| {k:{width}} | {v} |" for k, v in rows]
+    )
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

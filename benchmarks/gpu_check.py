@@ -1,7 +1,7 @@
 """Check a GPU node before paying for timed runs, in one command and one report.
 
     python benchmarks/gpu_check.py --out DIR            # one GPU, no network, under 8 minutes
-    python benchmarks/gpu_check.py --out DIR --full     # coordinate-descent tuning on, as in the record (longer compile)
+    python benchmarks/gpu_check.py --out DIR --full     # coordinate-descent tuning on, as in the record
     python benchmarks/gpu_check.py --out DIR --smoke    # on CPU in seconds: checks this script; numbers mean nothing
 
 It runs, in order, each with a time limit, and goes on after a failure:
@@ -14,7 +14,8 @@ It runs, in order, each with a time limit, and goes on after a failure:
    shards (benchmarks/bench_train.py: compile time, ms per step, peak memory allocated and reserved, finite loss).
    Coordinate-descent tuning is off unless --full, to bound the compile time.
 DIR/gpu_check.md holds the whole report (GPU name, versions, date, one row per part, then each part's output);
-each part's output is also beside it (gpu_tests.txt, newton_schulz.txt, train.txt). The exit status is 0 only if every part passed.
+each part's output is also beside it (gpu_tests.txt, newton_schulz.txt, train.txt).
+The exit status is 0 only if every part passed.
 """
 
 import argparse
@@ -57,14 +58,19 @@ def run_part(name: str, cmd: list[str], out: Path, limit_s: int) -> dict:
 def environment() -> list[tuple[str, str]]:
     def nvidia_smi() -> str:
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             return out.stdout.strip().replace("\n", "; ") if out.returncode == 0 else "nvidia-smi failed"
         except (OSError, subprocess.TimeoutExpired):
             return "nvidia-smi not found"
 
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
@@ -106,31 +112,62 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help=f"training steps of part 4 (default {DEFAULT_STEPS})")
     args = parser.parse_args(argv)
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        print(f"error: --out {args.out} exists and is not an empty folder; results are never overwritten. "
-              f"Choose a new folder.", file=sys.stderr)
+        print(
+            f"error: --out {args.out} exists and is not an empty folder; results are never overwritten. "
+            f"Choose a new folder.",
+            file=sys.stderr,
+        )
         return 2
     if not args.smoke and not torch.cuda.is_available():
-        print("error: no CUDA GPU is visible to torch, so there is nothing to check. Check nvidia-smi, "
-              "CUDA_VISIBLE_DEVICES and that torch is a CUDA build (--smoke runs this script on CPU).",
-              file=sys.stderr)
+        print(
+            "error: no CUDA GPU is visible to torch, so there is nothing to check. Check nvidia-smi, "
+            "CUDA_VISIBLE_DEVICES and that torch is a CUDA build (--smoke runs this script on CPU).",
+            file=sys.stderr,
+        )
         return 2
     steps = args.steps or (SMOKE_STEPS if args.smoke else DEFAULT_STEPS)
     skip = 1 if args.smoke else TRAIN_SKIP
     if steps <= skip:
-        print(f"error: --steps={steps}: more than {skip} needed (the first {skip} are left out of ms per step).",
-              file=sys.stderr)
+        print(
+            f"error: --steps={steps}: more than {skip} needed (the first {skip} are left out of ms per step).",
+            file=sys.stderr,
+        )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     train_args = SMOKE_TRAIN_ARGS if args.smoke else [] if args.full else ["--coordinate_descent_tuning=false"]
     parts = [
-        ("gpu-marked tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                              "--deselect", "tests/test_train.py::test_record_configuration_on_one_gpu"],
-         "gpu_tests.txt", TEST_LIMIT_S),
-        ("Newton-Schulz benchmark", [py, "benchmarks/bench_newton_schulz.py"] + (["--smoke"] if args.smoke else []),
-         "newton_schulz.txt", NS_LIMIT_S),
-        ("record configuration, 1 GPU", [py, "benchmarks/bench_train.py", f"--steps={steps}", f"--skip={skip}"]
-         + (["--smoke"] if args.smoke else []) + ["--", *train_args], "train.txt", TRAIN_LIMIT_S),
+        (
+            "gpu-marked tests",
+            [
+                py,
+                "-m",
+                "pytest",
+                "-q",
+                "-m",
+                "gpu",
+                "-p",
+                "no:cacheprovider",
+                "--deselect",
+                "tests/test_train.py::test_record_configuration_on_one_gpu",
+            ],
+            "gpu_tests.txt",
+            TEST_LIMIT_S,
+        ),
+        (
+            "Newton-Schulz benchmark",
+            [py, "benchmarks/bench_newton_schulz.py"] + (["--smoke"] if args.smoke else []),
+            "newton_schulz.txt",
+            NS_LIMIT_S,
+        ),
+        (
+            "record configuration, 1 GPU",
+            [py, "benchmarks/bench_train.py", f"--steps={steps}", f"--skip={skip}"]
+            + (["--smoke"] if args.smoke else [])
+            + ["--", *train_args],
+            "train.txt",
+            TRAIN_LIMIT_S,
+        ),
     ]
     env = environment()
     results = []

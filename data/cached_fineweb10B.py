@@ -21,7 +21,8 @@ DEFAULT_DIR = Path(__file__).resolve().parent / "fineweb10B"
 # Seconds to wait for the Hub's answer before reporting it unreachable.
 HUB_TIMEOUT_S = 10
 
-HELP = textwrap.fill(f"""\
+HELP = textwrap.fill(
+    f"""\
 N is how many train shards to fetch (default {DEFAULT_TRAIN_SHARDS}, at most {TOTAL_TRAIN_SHARDS}), besides the
 val shard. Each shard holds {SHARD_TOKENS:,} GPT-2 tokens (~200 MB). train_gpt.py's loader uses a shard in
 whole steps of {TOKENS_PER_STEP:,} tokens, so one shard gives {STEPS_PER_SHARD} steps; the record's
@@ -29,7 +30,9 @@ whole steps of {TOKENS_PER_STEP:,} tokens, so one shard gives {STEPS_PER_SHARD} 
 and all {TOTAL_TRAIN_SHARDS} ({TOTAL_TRAIN_SHARDS * SHARD_TOKENS / 1e9:.1f}B tokens) are enough for
 {TOTAL_TRAIN_SHARDS * STEPS_PER_SHARD:,} steps. Shards already present and intact are skipped; a corrupt or
 truncated one is downloaded again. The Hub endpoint is $HF_ENDPOINT (default https://huggingface.co).
-""", width=88)
+""",
+    width=88,
+)
 
 
 class DownloadError(Exception):
@@ -97,7 +100,9 @@ def _hub_failure(name, error):
             "Check that HF_ENDPOINT points at the Hugging Face Hub or a mirror of it."
         )
     if isinstance(error, HfHubHTTPError):
-        return DownloadError(f"Downloading {where} failed: {error}. Try again later, or check HF_ENDPOINT and your token.")
+        return DownloadError(
+            f"Downloading {where} failed: {error}. Try again later, or check HF_ENDPOINT and your token."
+        )
     if isinstance(error, OSError) and not isinstance(error, (LocalEntryNotFoundError, ConnectionError)):
         return DownloadError(
             f"Downloading {where} failed while writing or checking the file ({error}). Check the free disk space "
@@ -114,7 +119,9 @@ def download(folder, names):
     try:
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     except ImportError:
-        raise DownloadError("huggingface_hub is not installed; run `pip install huggingface_hub` (it is in requirements.txt).") from None
+        raise DownloadError(
+            "huggingface_hub is not installed; run `pip install huggingface_hub` (it is in requirements.txt)."
+        ) from None
 
     # One quick request first: when the Hub is unreachable, huggingface_hub would retry every file for
     # about half a minute before failing; this reports it at once.
@@ -142,15 +149,28 @@ def main(argv=None):
         epilog=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("N", nargs="?", type=shard_count, default=DEFAULT_TRAIN_SHARDS, help=f"train shards to download (default {DEFAULT_TRAIN_SHARDS})")
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"download folder (default: {DEFAULT_DIR}, where train_gpt.py looks)")
+    parser.add_argument(
+        "N",
+        nargs="?",
+        type=shard_count,
+        default=DEFAULT_TRAIN_SHARDS,
+        help=f"train shards to download (default {DEFAULT_TRAIN_SHARDS})",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_DIR,
+        help=f"download folder (default: {DEFAULT_DIR}, where train_gpt.py looks)",
+    )
     args = parser.parse_args(argv)
 
     names = wanted_files(args.N)
     try:
         args.dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        print(f"error: cannot use --dir {args.dir} as the download folder ({e}); choose another folder.", file=sys.stderr)
+        print(
+            f"error: cannot use --dir {args.dir} as the download folder ({e}); choose another folder.", file=sys.stderr
+        )
         return 1
     todo = check_present(args.dir, names)
     print(f"{len(names) - len(todo)} of {len(names)} shards already present and intact in {args.dir}", flush=True)

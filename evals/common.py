@@ -10,9 +10,9 @@ for folder in (REPO, REPO / "data"):  # train_gpt.py; data/fineweb.py's offline-
         sys.path.insert(0, str(folder))
 
 import torch  # noqa: E402
+from fineweb import DataError, load_gpt2, positive_int  # noqa: E402, F401  (positive_int: an argparse type)
 
 import train_gpt as tg  # noqa: E402
-from fineweb import DataError, load_gpt2, positive_int  # noqa: E402, F401  (positive_int: an argparse type)
 
 EXIT_USER_ERROR = 2  # the project's exit status for a user's mistake (train_gpt.py uses it too)
 DEVICES = ("auto", "cuda", "cpu")
@@ -23,8 +23,10 @@ def resolve_device(name: str) -> torch.device:
     """auto: the GPU when torch sees one, else the CPU; cuda: the GPU or a clear error."""
     cuda = torch.cuda.is_available()
     if name == "cuda" and not cuda:
-        raise tg.UserError("--device cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False). "
-                           "Check the driver and CUDA_VISIBLE_DEVICES, or pass --device cpu.")
+        raise tg.UserError(
+            "--device cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False). "
+            "Check the driver and CUDA_VISIBLE_DEVICES, or pass --device cpu."
+        )
     return torch.device("cuda" if cuda and name != "cpu" else "cpu")
 
 
@@ -42,8 +44,10 @@ def load_model(path, device: torch.device):
     tokens one sequence may have), for a checkpoint whose vocabulary holds every GPT-2 token."""
     model, args, window = tg.model_from_checkpoint(path, device)
     if args.vocab_size < GPT2_VOCAB_SIZE:
-        raise tg.UserError(f"checkpoint {path} has a {args.vocab_size}-token vocabulary, fewer than the "
-                           f"{GPT2_VOCAB_SIZE:,} of the GPT-2 tokenizer these evals use, so it cannot read GPT-2 text.")
+        raise tg.UserError(
+            f"checkpoint {path} has a {args.vocab_size}-token vocabulary, fewer than the "
+            f"{GPT2_VOCAB_SIZE:,} of the GPT-2 tokenizer these evals use, so it cannot read GPT-2 text."
+        )
     # The rotary table covers max(train_seq_len, val_seq_len) positions: longer sequences cannot be run.
     return model, args, window, model.rotary.cos.size(0)
 

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 import torch  # noqa: E402
 
-from evals.common import DEVICES, gpt2_encoding, load_model, positive_int, resolve_device, run_main  # noqa: E402
 import train_gpt as tg  # noqa: E402
+from evals.common import DEVICES, gpt2_encoding, load_model, positive_int, resolve_device, run_main  # noqa: E402
 
 DEFAULT_TOKENS = 100
 
@@ -38,8 +38,16 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, gene
     return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
 
 
-def generate(model, prefix: list[int], max_new: int, window: int, temperature: float = 0.0,
-             top_k: int | None = None, generator: torch.Generator | None = None, vocab: int | None = None) -> list[int]:
+def generate(
+    model,
+    prefix: list[int],
+    max_new: int,
+    window: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    vocab: int | None = None,
+) -> list[int]:
     """Up to max_new tokens after prefix; stops after <|endoftext|>, which is not returned. Only the
     first `vocab` token ids may be produced (those the tokenizer can decode)."""
     device = model.lm_head_w.device
@@ -71,10 +79,18 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="Generate text from a train_gpt.py checkpoint (see evals/README.md).")
     parser.add_argument("checkpoint", type=Path, help="a .pt file written by train_gpt.py --save_checkpoint=true")
     parser.add_argument("--prompt", default="", help='text to continue (default: "", i.e. a new document)')
-    parser.add_argument("--tokens", type=positive_int, default=DEFAULT_TOKENS,
-                        help=f"tokens to generate per sample (default {DEFAULT_TOKENS}; fewer if the model ends the document)")
-    parser.add_argument("--temperature", type=non_negative_float, default=0.0,
-                        help="0 (default): greedy; T > 0: sample from softmax(logits / T)")
+    parser.add_argument(
+        "--tokens",
+        type=positive_int,
+        default=DEFAULT_TOKENS,
+        help=f"tokens to generate per sample (default {DEFAULT_TOKENS}; fewer if the model ends the document)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=0.0,
+        help="0 (default): greedy; T > 0: sample from softmax(logits / T)",
+    )
     parser.add_argument("--top_k", type=positive_int, metavar="K", help="sample only among the K most likely tokens")
     parser.add_argument("--seed", type=int, help="seed of the sampling (default: a fresh one, printed to stderr)")
     parser.add_argument("--samples", type=positive_int, default=1, help="how many samples (default 1)")
@@ -95,7 +111,8 @@ def main(argv=None) -> int:
             f"the prompt is {len(prompt)} tokens (after a leading <|endoftext|>) and --tokens {args.tokens} asks for "
             f"{len(prefix) + args.tokens} in all, more than the {max_len} this checkpoint's model can read "
             f"(max(train_seq_len, val_seq_len)). Ask for at most {max(max_len - len(prefix), 0)} tokens, or "
-            f"shorten the prompt.")
+            f"shorten the prompt."
+        )
     sampling = args.temperature > 0
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     if sampling and args.seed is None:
@@ -106,8 +123,18 @@ def main(argv=None) -> int:
         tokens = generate(model, prefix, args.tokens, window, args.temperature, args.top_k, generator, encoding.n_vocab)
         samples.append(dict(tokens=tokens, text=encoding.decode(prompt + tokens), ended=len(tokens) < args.tokens))
     if args.json:
-        print(json.dumps(dict(prompt=args.prompt, prompt_tokens=prompt, temperature=args.temperature,
-                              top_k=args.top_k, seed=seed if sampling else None, samples=samples)))
+        print(
+            json.dumps(
+                dict(
+                    prompt=args.prompt,
+                    prompt_tokens=prompt,
+                    temperature=args.temperature,
+                    top_k=args.top_k,
+                    seed=seed if sampling else None,
+                    samples=samples,
+                )
+            )
+        )
         return 0
     for i, sample in enumerate(samples):
         if args.samples > 1:

@@ -105,8 +105,9 @@ def minibatch_indices(n: int, batch_size: int, steps: int, g: torch.Generator) -
     skipped. One sequence for every optimizer and learning rate, so all see the same batches."""
     per_epoch = n // batch_size
     epochs = math.ceil(steps / per_epoch)
-    batches = [torch.randperm(n, generator=g)[: per_epoch * batch_size].view(per_epoch, batch_size)
-               for _ in range(epochs)]
+    batches = [
+        torch.randperm(n, generator=g)[: per_epoch * batch_size].view(per_epoch, batch_size) for _ in range(epochs)
+    ]
     return torch.cat(batches)[:steps]
 
 
@@ -183,8 +184,14 @@ class Run:
         return math.inf if self.diverged else self.losses[-1]
 
 
-def train(problem: Problem, name: str, lr: float, schedule: Schedule, batches: Tensor | None = None,
-          keep_gradients: tuple[int, ...] = ()) -> Run:
+def train(
+    problem: Problem,
+    name: str,
+    lr: float,
+    schedule: Schedule,
+    batches: Tensor | None = None,
+    keep_gradients: tuple[int, ...] = (),
+) -> Run:
     """Optimize from W = 0 in float32; batches: (steps, B) row indices, or None for full batch."""
     X, Y = problem.X.float(), problem.Y.float()
     W = torch.zeros(problem.shape, dtype=torch.float32)
@@ -250,8 +257,9 @@ def singular_values(problem: Problem, lr: float, schedule: Schedule) -> dict:
         "lr": lr,
         "steps": picks,
         "gradient": [torch.linalg.svdvals(g.double()).tolist() for g in G],
-        "orthogonalized": [torch.linalg.svdvals(tg.newton_schulz_torch(g, schedule.ns_dtype).double()).tolist()
-                           for g in G],
+        "orthogonalized": [
+            torch.linalg.svdvals(tg.newton_schulz_torch(g, schedule.ns_dtype).double()).tolist() for g in G
+        ],
     }
 
 
@@ -265,11 +273,25 @@ def study(args: argparse.Namespace) -> dict:
     muon_lr = runs["full"]["muon"]["best_lr"]
     return {
         "settings": {
-            "n": args.n, "d": args.d, "outputs": args.outputs, "noise": args.noise, "batch_size": args.batch_size,
-            "steps": args.steps, "cooldown": args.cooldown, "lr_grid": grid, "seed": args.seed,
-            "ns_dtype": args.ns_dtype, "weight_decay": args.weight_decay, "sgd_momentum": SGD_MOMENTUM,
-            "adam_betas": list(ADAM_BETAS), "adam_eps": ADAM_EPS, "muon_momentum": MUON_MOMENTUM, "init": "W = 0",
-            "loss": LOSS_TEXT, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "n": args.n,
+            "d": args.d,
+            "outputs": args.outputs,
+            "noise": args.noise,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "cooldown": args.cooldown,
+            "lr_grid": grid,
+            "seed": args.seed,
+            "ns_dtype": args.ns_dtype,
+            "weight_decay": args.weight_decay,
+            "sgd_momentum": SGD_MOMENTUM,
+            "adam_betas": list(ADAM_BETAS),
+            "adam_eps": ADAM_EPS,
+            "muon_momentum": MUON_MOMENTUM,
+            "init": "W = 0",
+            "loss": LOSS_TEXT,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
         },
         "least_squares_loss": loss(problem.X, problem.Y, problem.W_ls),
         "initial_loss": loss(problem.X, problem.Y, torch.zeros(problem.shape)),
@@ -299,8 +321,10 @@ def render_table(results: dict) -> str:
                 continue
             mark = "*" if r["best_lr_at_grid_edge"] else " "
             edge |= r["best_lr_at_grid_edge"]
-            lines.append(f"{name:<13} {mode:<10} {r['best_lr']:>9.3g}{mark} {r['final_loss']:>12.6g} "
-                         f"{r['distance_to_ls']:>20.3e}")
+            lines.append(
+                f"{name:<13} {mode:<10} {r['best_lr']:>9.3g}{mark} {r['final_loss']:>12.6g} "
+                f"{r['distance_to_ls']:>20.3e}"
+            )
     if edge:
         lines.append("* best lr at an end of the grid: widen --lr-min/--lr-max to be sure it is the best")
     return "\n".join(lines) + "\n"
@@ -341,8 +365,10 @@ def loss_figure(Figure, results: dict):
     axes[0, 0].set_ylabel("loss ||Y - XW||² / N (all N samples)")
     axes[1, 0].set_ylabel(f"loss - least-squares loss (floor {EXCESS_FLOOR:g} x it)")
     schedule = f", lr cooldown over the last {s['cooldown']:g} of the steps" if s["cooldown"] else ", constant lr"
-    fig.suptitle(f"Linear regression, N={s['n']}, d={s['d']}, D={s['outputs']}, noise {s['noise']}{schedule}: "
-                 "each optimizer at its best lr of the grid")
+    fig.suptitle(
+        f"Linear regression, N={s['n']}, d={s['d']}, D={s['outputs']}, noise {s['noise']}{schedule}: "
+        "each optimizer at its best lr of the grid"
+    )
     return fig
 
 
@@ -359,9 +385,12 @@ def singular_value_figure(Figure, results: dict):
     # from 0, so the flatness reads at its true size next to the gradient's spread of decades
     ortho.set_ylim(0, max(ORTHO_YMAX, 1.05 * max(every)))
     raw.set(yscale="log", xlabel="index", ylabel="singular value", title="gradient G_t")
-    ortho.set(xlabel="index", ylabel="singular value",
-              title=f"NS(G_t), Newton-Schulz in {results['settings']['ns_dtype']}: "
-              f"all in [{min(every):.3f}, {max(every):.3f}]")
+    ortho.set(
+        xlabel="index",
+        ylabel="singular value",
+        title=f"NS(G_t), Newton-Schulz in {results['settings']['ns_dtype']}: "
+        f"all in [{min(every):.3f}, {max(every):.3f}]",
+    )
     raw.legend(fontsize="small")
     ortho.legend(fontsize="small")
     fig.suptitle(f"Singular values along Muon's full-batch run (lr {sv['lr']:.3g})")
@@ -404,8 +433,9 @@ def prepare_output(out: Path, force: bool, figures: bool) -> None:
     names = OUTPUT_FILES if figures else OUTPUT_FILES[:1]
     present = [n for n in names if (out / n).exists()]
     if present and not force:
-        raise StudyError(f"--out {out} already holds {', '.join(present)}; give --force to overwrite, "
-                         "or another folder.")
+        raise StudyError(
+            f"--out {out} already holds {', '.join(present)}; give --force to overwrite, or another folder."
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -459,32 +489,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="overwrite results and figures already in --out")
     parser.add_argument("--no-figures", action="store_true", help="write only results.json (no matplotlib needed)")
     parser.add_argument("--n", type=_positive_int, default=4096, help="samples N (default %(default)s)")
-    parser.add_argument("--d", type=_positive_int, default=32, metavar="d",
-                        help="features d, plus a bias column (default %(default)s)")
-    parser.add_argument("--outputs", type=_positive_int, default=16, metavar="D", help="outputs D (default %(default)s)")
+    parser.add_argument(
+        "--d", type=_positive_int, default=32, metavar="d", help="features d, plus a bias column (default %(default)s)"
+    )
+    parser.add_argument(
+        "--outputs", type=_positive_int, default=16, metavar="D", help="outputs D (default %(default)s)"
+    )
     parser.add_argument("--noise", type=_non_negative_float, default=0.5, help="noise scale e (default %(default)s)")
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="mini-batch rows B (default %(default)s)")
     parser.add_argument("--steps", type=_positive_int, default=200, help="steps per run (default %(default)s)")
-    parser.add_argument("--lr-min", type=_positive_float, default=1e-4,
-                        help="smallest lr of the grid (default %(default)s)")
-    parser.add_argument("--lr-max", type=_positive_float, default=1.0,
-                        help="largest lr of the grid (default %(default)s)")
-    parser.add_argument("--lr-points", type=_positive_int, default=9,
-                        help="lrs in the grid, log-spaced from --lr-min to --lr-max (default %(default)s)")
-    parser.add_argument("--cooldown", type=_fraction, default=0.0,
-                        help="fraction of the steps over which every lr falls linearly to 0, as in the record's "
-                        "cooldown (default %(default)s: constant lr)")
-    parser.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
-                        help="AdamW's decoupled weight decay (default %(default)s: any decay biases it away from "
-                        "the least-squares solution)")
-    parser.add_argument("--ns-dtype", choices=sorted(NS_DTYPES), default="bf16",
-                        help="Muon's Newton-Schulz precision (default %(default)s, as in the record)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0,
-                        help="seed of the data and the mini-batches (default %(default)s)")
+    parser.add_argument(
+        "--lr-min", type=_positive_float, default=1e-4, help="smallest lr of the grid (default %(default)s)"
+    )
+    parser.add_argument(
+        "--lr-max", type=_positive_float, default=1.0, help="largest lr of the grid (default %(default)s)"
+    )
+    parser.add_argument(
+        "--lr-points",
+        type=_positive_int,
+        default=9,
+        help="lrs in the grid, log-spaced from --lr-min to --lr-max (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cooldown",
+        type=_fraction,
+        default=0.0,
+        help="fraction of the steps over which every lr falls linearly to 0, as in the record's "
+        "cooldown (default %(default)s: constant lr)",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=0.0,
+        help="AdamW's decoupled weight decay (default %(default)s: any decay biases it away from "
+        "the least-squares solution)",
+    )
+    parser.add_argument(
+        "--ns-dtype",
+        choices=sorted(NS_DTYPES),
+        default="bf16",
+        help="Muon's Newton-Schulz precision (default %(default)s, as in the record)",
+    )
+    parser.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of the data and the mini-batches (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     if args.n < args.d + 1:
-        parser.error(f"--n {args.n} is below d + 1 = {args.d + 1}: the least-squares solution needs at least as "
-                     "many samples as columns of X; raise --n or lower --d")
+        parser.error(
+            f"--n {args.n} is below d + 1 = {args.d + 1}: the least-squares solution needs at least as "
+            "many samples as columns of X; raise --n or lower --d"
+        )
     if args.batch_size > args.n:
         parser.error(f"--batch-size {args.batch_size} is above --n {args.n}; give at most --n rows per batch")
     if args.lr_max < args.lr_min:
@@ -505,8 +559,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR
     sys.stdout.write(render_table(results))
-    print(f"study took {results['study_seconds']:.1f} s on {results['settings']['threads']} thread(s); "
-          f"wrote {', '.join(map(str, written))}")
+    print(
+        f"study took {results['study_seconds']:.1f} s on {results['settings']['threads']} thread(s); "
+        f"wrote {', '.join(map(str, written))}"
+    )
     return 0
 
 

@@ -368,8 +368,19 @@ def _welch_cells(w: dict | None, spec: str) -> list[str]:
 
 
 def pair_table(report: dict) -> tuple[list[str], str, list[list[str]]]:
-    header = ["A", "B", "loss A-B", "p", "time A-B, min", "p", "steps A-B", "slope/step", "adjusted A-B", "score",
-              f"verdict (|score| >= {report['threshold']:g})"]
+    header = [
+        "A",
+        "B",
+        "loss A-B",
+        "p",
+        "time A-B, min",
+        "p",
+        "steps A-B",
+        "slope/step",
+        "adjusted A-B",
+        "score",
+        f"verdict (|score| >= {report['threshold']:g})",
+    ]
     rows = []
     for p in report["pairs"]:
         adj = p["step_adjusted"]
@@ -379,8 +390,15 @@ def pair_table(report: dict) -> tuple[list[str], str, list[list[str]]]:
         else:
             tail = [f"{adj['adjusted_diff']:+.6f}", f"{adj['score']:+.5f}", adj["verdict"]]
         rows.append(
-            [p["a"], p["b"], *_welch_cells(p["val_loss"], "+.6f"), *_welch_cells(p["train_time_min"], "+.3f"),
-             f"{adj['steps_diff']:+g}", slope, *tail]
+            [
+                p["a"],
+                p["b"],
+                *_welch_cells(p["val_loss"], "+.6f"),
+                *_welch_cells(p["train_time_min"], "+.3f"),
+                f"{adj['steps_diff']:+g}",
+                slope,
+                *tail,
+            ]
         )
     return header, "llrrrrrrrrl", rows
 
@@ -391,8 +409,10 @@ def notes(report: dict) -> list[str]:
         out.append(f"* fewer than {evidence.FEW_RUNS} runs.")
     for b in report["batches"]:
         if isinstance(b["steps"], list):
-            out.append(f"{b['label']}: runs of different lengths; the step-adjusted rule uses their mean steps, "
-                       f"{b['steps_mean']:g}, and the mean curve only the validations all of them share.")
+            out.append(
+                f"{b['label']}: runs of different lengths; the step-adjusted rule uses their mean steps, "
+                f"{b['steps_mean']:g}, and the mean curve only the validations all of them share."
+            )
     if report["pairs"]:
         slope = (
             f"--slope {report['slope_given']:g} (given)"
@@ -431,8 +451,10 @@ def render_text(report: dict) -> str:
     ]
     for b in report["batches"]:
         if b["skipped_files"]:
-            lines.append(f"skipped in {b['label']}: " + "; ".join(
-                f"{Path(s['file']).name} ({s['reason']})" for s in b["skipped_files"]))
+            lines.append(
+                f"skipped in {b['label']}: "
+                + "; ".join(f"{Path(s['file']).name} ({s['reason']})" for s in b["skipped_files"])
+            )
     if report["pairs"]:
         lines += ["", *_text_table(*pair_table(report))]
     lines += ["", *notes(report)]
@@ -608,15 +630,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "train_gpt.py, as records/evidence.py does. See records/README.md.",
     )
     parser.add_argument("folders", nargs="+", metavar="FOLDER", help="one folder of runs per batch")
-    parser.add_argument("--target", type=_number(-math.inf, False, "a number"), default=DEFAULT_TARGET,
-                        help="val loss to reach (default %(default)s)")
     parser.add_argument(
-        "--slope", type=_number(0.0, False, "a loss per step, a number >= 0"), metavar="LOSS_PER_STEP",
+        "--target",
+        type=_number(-math.inf, False, "a number"),
+        default=DEFAULT_TARGET,
+        help="val loss to reach (default %(default)s)",
+    )
+    parser.add_argument(
+        "--slope",
+        type=_number(0.0, False, "a loss per step, a number >= 0"),
+        metavar="LOSS_PER_STEP",
         help="val loss lost per step removed, for the step-adjusted comparison (default: measured from the "
         "batches' mean curves; the public speedrun's small track: 0.000045)",
     )
-    parser.add_argument("--threshold", type=_number(0.0, True, "a number > 0"), default=DEFAULT_THRESHOLD,
-                        help="score needed for a verdict (default %(default)s, derived for sigma 0.0013)")
+    parser.add_argument(
+        "--threshold",
+        type=_number(0.0, True, "a number > 0"),
+        default=DEFAULT_THRESHOLD,
+        help="score needed for a verdict (default %(default)s, derived for sigma 0.0013)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the tables as markdown to FILE")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a figure to FILE.png")
@@ -644,8 +676,10 @@ def load_batches(folders: list[str]) -> list[Batch]:
         if not path.exists():
             raise EvidenceError(f"{arg} does not exist. Give one folder of runs (logs and JSON summaries) per batch.")
         if not path.is_dir():
-            raise EvidenceError(f"{arg} is not a folder. compare.py takes one folder of runs per batch; to look "
-                               "at single runs use records/evidence.py.")
+            raise EvidenceError(
+                f"{arg} is not a folder. compare.py takes one folder of runs per batch; to look "
+                "at single runs use records/evidence.py."
+            )
         if path.resolve() in seen:
             raise EvidenceError(f"{arg} is given twice (also as {seen[path.resolve()]}); give each batch once.")
         seen[path.resolve()] = arg

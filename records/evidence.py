@@ -629,8 +629,10 @@ def _render_baseline(report: dict) -> list[str]:
         ("train time difference (minutes)", comp["train_time_min"], "+.4f"),
     ]:
         lo, hi = (_num(x, spec) for x in c["ci99"])
-        lines.append(f"{label}: {c['diff']:{spec}}, {CONFIDENCE_TEXT} confidence interval: {lo} to {hi}, "
-                     f"p={format_p(c['pvalue'])}")
+        lines.append(
+            f"{label}: {c['diff']:{spec}}, {CONFIDENCE_TEXT} confidence interval: {lo} to {hi}, "
+            f"p={format_p(c['pvalue'])}"
+        )
     return lines
 
 
@@ -901,14 +903,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "for both; a log and its summary count as one run. Give --baseline after the submission's paths.",
     )
     parser.add_argument("paths", nargs="+", help="logs, summaries or folders of the submission")
-    parser.add_argument(
-        "--target", type=_finite, default=DEFAULT_TARGET, help="val loss to beat (default %(default)s)"
-    )
+    parser.add_argument("--target", type=_finite, default=DEFAULT_TARGET, help="val loss to beat (default %(default)s)")
     parser.add_argument(
         "--bootstrap", type=_positive_int, default=DEFAULT_BOOTSTRAP, help="bootstrap samples (default %(default)s)"
     )
     parser.add_argument(
-        "--sample-size", type=_sample_size, default=DEFAULT_SAMPLE_SIZE, help="runs per bootstrap sample (default %(default)s)"
+        "--sample-size",
+        type=_sample_size,
+        default=DEFAULT_SAMPLE_SIZE,
+        help="runs per bootstrap sample (default %(default)s)",
     )
     parser.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap (default %(default)s)")
     parser.add_argument(

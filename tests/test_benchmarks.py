@@ -1,4 +1,5 @@
 """The benchmark scripts run: the node check's smoke mode end to end (its GPU mode is the same code)."""
+
 import subprocess
 import sys
 
@@ -6,8 +7,14 @@ from conftest import REPO, cpu_env
 
 
 def run_check(*argv):
-    return subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py"), *argv], cwd=REPO, env=cpu_env(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/gpu_check.py"), *argv],
+        cwd=REPO,
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_gpu_check_smoke_writes_one_report(tmp_path):
@@ -16,8 +23,11 @@ def test_gpu_check_smoke_writes_one_report(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = (out / "gpu_check.md").read_text()
     assert "Smoke run on CPU" in report and "| torch | " in report and "| coordinate-descent tuning | off |" in report
-    for part, file in [("gpu-marked tests", "gpu_tests.txt"), ("Newton-Schulz benchmark", "newton_schulz.txt"),
-                       ("record configuration, 1 GPU", "train.txt")]:
+    for part, file in [
+        ("gpu-marked tests", "gpu_tests.txt"),
+        ("Newton-Schulz benchmark", "newton_schulz.txt"),
+        ("record configuration, 1 GPU", "train.txt"),
+    ]:
         assert f"| {part} | passed" in report, part
         assert (out / file).read_text().strip() and (out / file).read_text().rstrip() in report
     assert "skipped" in report.split("| gpu-marked tests |")[1].splitlines()[0]  # no GPU: the gpu tests skip

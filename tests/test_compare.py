@@ -20,8 +20,19 @@ TARGET = 2.92
 GROUPS = ("embed", "head", "attention", "mlp", "scalars")
 
 
-def summary(folder, run_id, final, steps=100, ms_per_step=10.0, val_every=25, status="finished", memory=1500,
-            optimizer="muon", curve=None, drift=None):
+def summary(
+    folder,
+    run_id,
+    final,
+    steps=100,
+    ms_per_step=10.0,
+    val_every=25,
+    status="finished",
+    memory=1500,
+    optimizer="muon",
+    curve=None,
+    drift=None,
+):
     """A run summary in train_gpt.py's documented format (speedrun-run/1), written directly.
 
     curve: {step: val_loss} (the final step's loss is `final`); by default a line from final + 1 at step 0.
@@ -59,13 +70,19 @@ def summary(folder, run_id, final, steps=100, ms_per_step=10.0, val_every=25, st
 
 def public_log(path, final, steps=100, ms_per_step=10.0, val_every=25, memory=None, stop_at=None):
     """A log in the public speedrun's format (source, a rule, versions, a rule, step lines)."""
-    lines = ['print0(f"step:{step}/{n} val_loss:{v:.4f} train_time:{t:.0f}ms step_avg:{a:.2f}ms")', "=" * 100,
-             "Running Python 3.12", "=" * 100]
+    lines = [
+        'print0(f"step:{step}/{n} val_loss:{v:.4f} train_time:{t:.0f}ms step_avg:{a:.2f}ms")',
+        "=" * 100,
+        "Running Python 3.12",
+        "=" * 100,
+    ]
     for s in range(steps + 1):
         t = s * ms_per_step
         if s % val_every == 0 or s == steps:
-            lines.append(f"step:{s}/{steps} val_loss:{final + (steps - s) / steps:.4f} train_time:{t:.0f}ms "
-                         f"step_avg:{t / max(s, 1):.2f}ms")
+            lines.append(
+                f"step:{s}/{steps} val_loss:{final + (steps - s) / steps:.4f} train_time:{t:.0f}ms "
+                f"step_avg:{t / max(s, 1):.2f}ms"
+            )
         if s == stop_at:
             break
     if memory is not None and stop_at is None:
@@ -190,8 +207,9 @@ def test_public_logs_make_a_batch(tmp_path, capsys):
 
 def test_weight_drift_is_averaged_over_runs(tmp_path, capsys):
     def drift(scale):
-        return lambda s: {g: {"relative_distance": scale * k * s, "cosine": 1 - scale * k * s}
-                          for k, g in enumerate(GROUPS, 1)}
+        return lambda s: {
+            g: {"relative_distance": scale * k * s, "cosine": 1 - scale * k * s} for k, g in enumerate(GROUPS, 1)
+        }
 
     folder = tmp_path / "drift"
     summary(folder, "r0", 2.93, drift=drift(1e-3))
@@ -392,8 +410,9 @@ def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys):
         assert err == f"error: {expected}. See python records/compare.py --help.\n"
 
     # as a script: no traceback, one line
-    done = subprocess.run([sys.executable, str(REPO / "records" / "compare.py"), str(empty)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "records" / "compare.py"), str(empty)], capture_output=True, text=True
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
 
 

@@ -1,5 +1,6 @@
 """The hyperparameters, presets and command line. The record's values are pinned in test_record.py;
 here every expectation comes from Hyperparameters, PRESETS and the script's constants."""
+
 import subprocess
 import sys
 from dataclasses import fields
@@ -7,10 +8,9 @@ from typing import Optional, Union, get_args, get_origin, get_type_hints
 
 import pytest
 import torch
+from conftest import REPO, cpu_env
 
 import train_gpt as tg
-
-from conftest import REPO, cpu_env
 
 RECORD = tg.Hyperparameters()
 TINY = tg.PRESETS["tiny"]
@@ -50,8 +50,18 @@ def test_every_field_has_a_command_line():
 
 
 def test_overrides_are_typed():
-    args = tg.parse_args(["--num_iterations=100", "--cooldown_frac", "0.5", "--compile=false",
-                          "--train_files=x/*.bin", "--seed=7", "--snoo_k=0", "--update_smoothing=0"])
+    args = tg.parse_args(
+        [
+            "--num_iterations=100",
+            "--cooldown_frac",
+            "0.5",
+            "--compile=false",
+            "--train_files=x/*.bin",
+            "--seed=7",
+            "--snoo_k=0",
+            "--update_smoothing=0",
+        ]
+    )
     assert args.num_iterations == 100 and isinstance(args.num_iterations, int)
     assert args.cooldown_frac == 0.5 and args.compile is False
     assert args.train_files == "x/*.bin" and args.seed == 7
@@ -59,31 +69,37 @@ def test_overrides_are_typed():
     assert tg.parse_args(["--seed=none"]).seed is None
 
 
-@pytest.mark.parametrize("text, value", [(t, True) for t in ("1", "true", "yes", "on", "TRUE", "On")]
-                         + [(t, False) for t in ("0", "false", "no", "off", "False", "OFF")])
+@pytest.mark.parametrize(
+    "text, value",
+    [(t, True) for t in ("1", "true", "yes", "on", "TRUE", "On")]
+    + [(t, False) for t in ("0", "false", "no", "off", "False", "OFF")],
+)
 def test_bool_spellings(text, value):
     assert tg.parse_value("compile", text, bool) is value
 
 
-@pytest.mark.parametrize("typ, text, value", [
-    (Optional[float], "none", None),
-    (Optional[float], "None", None),
-    (Optional[float], "", None),
-    (Optional[float], "0.5", 0.5),
-    (Optional[float], "-2e-3", -2e-3),
-    (Optional[int], "none", None),
-    (Optional[int], "7", 7),
-    (float | None, "none", None),  # the | spelling of Optional
-    (float | None, "0.25", 0.25),
-    (tuple[float, float], "0.9,0.95", (0.9, 0.95)),
-    (tuple[float, float], " 0.9 , 0.95 ", (0.9, 0.95)),
-    (tuple[int, int, int], "1,2,3", (1, 2, 3)),
-    (tuple[bool, bool], "true,off", (True, False)),
-    (tuple[float, ...], "1", (1.0,)),
-    (tuple[float, ...], "1,2.5,3", (1.0, 2.5, 3.0)),
-    (Optional[tuple[float, float]], "none", None),
-    (Optional[tuple[float, float]], "0.8,0.95", (0.8, 0.95)),
-])
+@pytest.mark.parametrize(
+    "typ, text, value",
+    [
+        (Optional[float], "none", None),
+        (Optional[float], "None", None),
+        (Optional[float], "", None),
+        (Optional[float], "0.5", 0.5),
+        (Optional[float], "-2e-3", -2e-3),
+        (Optional[int], "none", None),
+        (Optional[int], "7", 7),
+        (float | None, "none", None),  # the | spelling of Optional
+        (float | None, "0.25", 0.25),
+        (tuple[float, float], "0.9,0.95", (0.9, 0.95)),
+        (tuple[float, float], " 0.9 , 0.95 ", (0.9, 0.95)),
+        (tuple[int, int, int], "1,2,3", (1, 2, 3)),
+        (tuple[bool, bool], "true,off", (True, False)),
+        (tuple[float, ...], "1", (1.0,)),
+        (tuple[float, ...], "1,2.5,3", (1.0, 2.5, 3.0)),
+        (Optional[tuple[float, float]], "none", None),
+        (Optional[tuple[float, float]], "0.8,0.95", (0.8, 0.95)),
+    ],
+)
 def test_parse_value_handles_optionals_and_tuples(typ, text, value):
     parsed = tg.parse_value("x", text, typ)
     assert parsed == value and type(parsed) is type(value)
@@ -91,48 +107,85 @@ def test_parse_value_handles_optionals_and_tuples(typ, text, value):
         assert tg.parse_value("x", tg.format_value(value), typ) == value  # and back
 
 
-@pytest.mark.parametrize("typ, text, expected", [
-    (Optional[float], "abc", "expected a finite number (or none)"),
-    (float, "inf", "expected a finite number"),
-    (float, "nan", "expected a finite number"),
-    (int, "2.5", "expected an integer"),
-    (bool, "maybe", "expected true or false"),
-    (tuple[float, float], "0.9", "expected 2 comma-separated values, each a finite number"),
-    (tuple[float, float], "0.9,0.95,0.99", "expected 2 comma-separated values"),
-    (tuple[float, float], "0.9,", "expected 2 comma-separated values"),
-    (tuple[float, float], "a,b", "expected 2 comma-separated values, each a finite number"),
-    (tuple[int, int], "1,2.5", "each an integer"),
-    (tuple[float, ...], "", "expected one or more comma-separated values"),
-    (tuple[float, ...], "1,x", "expected one or more comma-separated values"),
-    (Optional[tuple[float, float]], "1", "expected 2 comma-separated values, each a finite number (or none)"),
-])
+@pytest.mark.parametrize(
+    "typ, text, expected",
+    [
+        (Optional[float], "abc", "expected a finite number (or none)"),
+        (float, "inf", "expected a finite number"),
+        (float, "nan", "expected a finite number"),
+        (int, "2.5", "expected an integer"),
+        (bool, "maybe", "expected true or false"),
+        (tuple[float, float], "0.9", "expected 2 comma-separated values, each a finite number"),
+        (tuple[float, float], "0.9,0.95,0.99", "expected 2 comma-separated values"),
+        (tuple[float, float], "0.9,", "expected 2 comma-separated values"),
+        (tuple[float, float], "a,b", "expected 2 comma-separated values, each a finite number"),
+        (tuple[int, int], "1,2.5", "each an integer"),
+        (tuple[float, ...], "", "expected one or more comma-separated values"),
+        (tuple[float, ...], "1,x", "expected one or more comma-separated values"),
+        (Optional[tuple[float, float]], "1", "expected 2 comma-separated values, each a finite number (or none)"),
+    ],
+)
 def test_bad_values_name_the_option(typ, text, expected):
     with pytest.raises(tg.UserError) as err:
         tg.parse_value("adam_betas", text, typ)
     assert str(err.value).startswith(f"option --adam_betas={text!r}: ") and expected in str(err.value)
 
 
-@pytest.mark.parametrize("typ, text", [
-    (int, "int"), (float, "float"), (bool, "bool"), (str, "str"), (Optional[int], "int or none"),
-    (Optional[float], "float or none"), (tuple[float, float], "float,float"), (tuple[float, ...], "float,..."),
-    (Optional[tuple[int, int]], "int,int or none"),
-])
+@pytest.mark.parametrize(
+    "typ, text",
+    [
+        (int, "int"),
+        (float, "float"),
+        (bool, "bool"),
+        (str, "str"),
+        (Optional[int], "int or none"),
+        (Optional[float], "float or none"),
+        (tuple[float, float], "float,float"),
+        (tuple[float, ...], "float,..."),
+        (Optional[tuple[int, int]], "int,int or none"),
+    ],
+)
 def test_describe_type(typ, text):
     assert tg.describe_type(typ) == type_text(typ) == text
 
 
-@pytest.mark.parametrize("typ", [list[int], dict, dict[str, int], list, bytes, complex, Optional[list[int]],
-                                 Union[int, str], Union[int, str, None], tuple[int, float], tuple[()],
-                                 tuple[list[int], list[int]]], ids=str)
+@pytest.mark.parametrize(
+    "typ",
+    [
+        list[int],
+        dict,
+        dict[str, int],
+        list,
+        bytes,
+        complex,
+        Optional[list[int]],
+        Union[int, str],
+        Union[int, str, None],
+        tuple[int, float],
+        tuple[()],
+        tuple[list[int], list[int]],
+    ],
+    ids=str,
+)
 def test_unsupported_field_types_are_type_errors(typ):
     with pytest.raises(TypeError, match="unsupported field type"):
         tg.field_type(typ)
 
 
-@pytest.mark.parametrize("value, text", [
-    (None, "none"), (True, "true"), (False, "false"), (3, "3"), (0.5, "0.5"), (1 / 320, "0.003125"),
-    ((0.9, 0.95), "0.9,0.95"), ((True, False), "true,false"), ("a/b_*.bin", "a/b_*.bin"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (None, "none"),
+        (True, "true"),
+        (False, "false"),
+        (3, "3"),
+        (0.5, "0.5"),
+        (1 / 320, "0.003125"),
+        ((0.9, 0.95), "0.9,0.95"),
+        ((True, False), "true,false"),
+        ("a/b_*.bin", "a/b_*.bin"),
+    ],
+)
 def test_format_value(value, text):
     assert tg.format_value(value) == text
 
@@ -147,24 +200,29 @@ def test_tiny_preset_applies_first_then_overrides():
     assert args.num_layers == tg.RECORD_NUM_LAYERS and args.seqs_per_step % 2 == 0
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--num_iteration=5"], "unknown option --num_iteration. Did you mean --num_iterations?"),
-    (["--num_iterations=abc"], "--num_iterations='abc': expected an integer"),
-    (["--compile=maybe"], "expected true or false"),
-    (["--preset=huge"], f"--preset='huge': expected one of {', '.join(tg.PRESETS)}"),
-    ([f"--val_tokens={RECORD.seqs_per_step * RECORD.val_seq_len + 1}"],
-     f"must be a multiple of seqs_per_step * val_seq_len = {RECORD.seqs_per_step * RECORD.val_seq_len}"),
-    ([f"--train_seq_len={tg.ATTN_BLOCK_SIZE + 1}"], "multiple of the attention block"),
-    ([f"--num_layers={tg.RECORD_NUM_LAYERS - 4}"], f"defined for {tg.RECORD_NUM_LAYERS} layers"),
-    (["--ns_impl=cuda"], "expected auto, triton or torch"),
-    (["--num_iterations"], "needs a value"),
-    (["positional"], "unexpected argument"),
-    (["--num_iterations=0"], "must be positive"),
-    (["--checkpoint_every=-1"], "--checkpoint_every=-1: must be >= 0"),
-    (["--adam_init=ones"], "--adam_init='ones': expected zero or grad"),
-    (["--adam_eps_max=1e-3", "--adam_eps_start_frac=0.9", "--adam_eps_end_frac=0.5"], "need 0 <= start < end <= 1"),
-    (["--adam_eps_max=1e-3", "--adam_eps_growth=1"], "overflows; use a rate below"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--num_iteration=5"], "unknown option --num_iteration. Did you mean --num_iterations?"),
+        (["--num_iterations=abc"], "--num_iterations='abc': expected an integer"),
+        (["--compile=maybe"], "expected true or false"),
+        (["--preset=huge"], f"--preset='huge': expected one of {', '.join(tg.PRESETS)}"),
+        (
+            [f"--val_tokens={RECORD.seqs_per_step * RECORD.val_seq_len + 1}"],
+            f"must be a multiple of seqs_per_step * val_seq_len = {RECORD.seqs_per_step * RECORD.val_seq_len}",
+        ),
+        ([f"--train_seq_len={tg.ATTN_BLOCK_SIZE + 1}"], "multiple of the attention block"),
+        ([f"--num_layers={tg.RECORD_NUM_LAYERS - 4}"], f"defined for {tg.RECORD_NUM_LAYERS} layers"),
+        (["--ns_impl=cuda"], "expected auto, triton or torch"),
+        (["--num_iterations"], "needs a value"),
+        (["positional"], "unexpected argument"),
+        (["--num_iterations=0"], "must be positive"),
+        (["--checkpoint_every=-1"], "--checkpoint_every=-1: must be >= 0"),
+        (["--adam_init=ones"], "--adam_init='ones': expected zero or grad"),
+        (["--adam_eps_max=1e-3", "--adam_eps_start_frac=0.9", "--adam_eps_end_frac=0.5"], "need 0 <= start < end <= 1"),
+        (["--adam_eps_max=1e-3", "--adam_eps_growth=1"], "overflows; use a rate below"),
+    ],
+)
 def test_bad_options_are_named(argv, needle):
     with pytest.raises(tg.UserError) as err:
         tg.parse_args(argv)
@@ -196,8 +254,14 @@ def test_device_rules_without_gpu(monkeypatch):
 
 
 def run_script(*argv, cwd=REPO):
-    return subprocess.run([sys.executable, str(REPO / "train_gpt.py"), *argv], cwd=cwd, env=cpu_env(),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train_gpt.py"), *argv],
+        cwd=cwd,
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_help_lists_every_option_and_the_presets_and_exits_zero(tmp_path):
@@ -214,8 +278,10 @@ def test_help_lists_every_option_and_the_presets_and_exits_zero(tmp_path):
         if overrides:
             assert settings.split(" ") == [f"--{k}={tg.format_value(v)}" for k, v in overrides.items()]
             # and as options they give the preset's configuration
-            assert vars(tg.parse_args(settings.split(" "))) == {**vars(tg.parse_args([f"--preset={name}"])),
-                                                                "preset": "record"}
+            assert vars(tg.parse_args(settings.split(" "))) == {
+                **vars(tg.parse_args([f"--preset={name}"])),
+                "preset": "record",
+            }
         else:
             assert "the defaults" in settings
     assert list(tmp_path.iterdir()) == []  # wrote nothing
@@ -230,11 +296,19 @@ def test_user_errors_are_one_paragraph_and_exit_2(tmp_path):
 
 
 def test_import_has_no_side_effects(tmp_path):
-    code = ("import sys; sys.argv = ['x', '--bogus']; import torch, train_gpt; "
-            "import torch.distributed as dist; "
-            "print(torch.cuda.is_initialized(), dist.is_initialized())")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env=cpu_env(PYTHONPATH=str(REPO)), timeout=60)
+    code = (
+        "import sys; sys.argv = ['x', '--bogus']; import torch, train_gpt; "
+        "import torch.distributed as dist; "
+        "print(torch.cuda.is_initialized(), dist.is_initialized())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=cpu_env(PYTHONPATH=str(REPO)),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
     assert list(tmp_path.iterdir()) == []

@@ -1,16 +1,16 @@
 """train_gpt's shard reader and loader against the spec's data rules. The record's figures (190 steps
 per FineWeb shard, 30 shards for 5590 steps) are pinned in test_record.py; here the numbers are the
 script's (its constants, Hyperparameters and the tiny preset)."""
+
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_tokens, write_test_shard
 
 import train_gpt as tg
-
-from conftest import synthetic_tokens, write_test_shard
 
 
 def test_load_shard_round_trip(tmp_path):
@@ -41,13 +41,16 @@ def corrupt(tmp_path, kind):
 SHARD_BYTES = tg.SHARD_HEADER_BYTES + 2 * 1000  # corrupt()'s shards hold 1000 tokens
 
 
-@pytest.mark.parametrize("kind, needle", [
-    ("magic", f"header magic is 12345, expected {tg.SHARD_MAGIC}"),
-    ("version", f"shard version 7, expected {tg.SHARD_VERSION}"),
-    ("truncated", f"header says 1000 tokens ({SHARD_BYTES} bytes) but the file has {SHARD_BYTES - 10} bytes"),
-    ("trailing", f"but the file has {SHARD_BYTES + 2} bytes"),
-    ("short", f"fewer than the {tg.SHARD_HEADER_BYTES}-byte header"),
-])
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("magic", f"header magic is 12345, expected {tg.SHARD_MAGIC}"),
+        ("version", f"shard version 7, expected {tg.SHARD_VERSION}"),
+        ("truncated", f"header says 1000 tokens ({SHARD_BYTES} bytes) but the file has {SHARD_BYTES - 10} bytes"),
+        ("trailing", f"but the file has {SHARD_BYTES + 2} bytes"),
+        ("short", f"fewer than the {tg.SHARD_HEADER_BYTES}-byte header"),
+    ],
+)
 def test_bad_shards_are_named(tmp_path, kind, needle):
     path = corrupt(tmp_path, kind)
     for reader in (tg.read_shard_header, tg.load_shard):
@@ -77,11 +80,11 @@ def test_rank_slicing_and_dtypes(tmp_path):
     L, R = 128, 4  # 4 ranks of one 128-token sequence
     for rank in range(R):
         for step, batch in enumerate(stream(files, L, R, rank, R, 3)):
-            (inputs, targets), = batch
+            ((inputs, targets),) = batch
             assert inputs.dtype == torch.int32 and targets.dtype == torch.int64
             start = step * R * L + rank * L  # pos + r * seq_len, pos advancing by R * L
-            assert inputs.tolist() == tokens[start:start + L].tolist()
-            assert targets.tolist() == tokens[start + 1:start + L + 1].tolist()
+            assert inputs.tolist() == tokens[start : start + L].tolist()
+            assert targets.tolist() == tokens[start + 1 : start + L + 1].tolist()
 
 
 def test_shard_rollover_drops_the_tail(tmp_path):
@@ -119,13 +122,19 @@ def test_any_world_size_sees_the_same_tokens(tmp_path, world):
         for step, batch in enumerate(stream(files, L, S, rank, world, steps)):
             assert len(batch) == per_rank
             for j, (inputs, targets) in enumerate(batch):
-                (want_in, want_tg), = reference[rank * per_rank + j][step]
+                ((want_in, want_tg),) = reference[rank * per_rank + j][step]
                 assert torch.equal(inputs, want_in) and torch.equal(targets, want_tg)
 
 
 def data_args(tmp_path, **kw):
-    args = tg.parse_args(["--preset=tiny", f"--train_files={tmp_path}/train_*.bin",
-                          f"--val_files={tmp_path}/val_*.bin", *(f"--{k}={v}" for k, v in kw.items())])
+    args = tg.parse_args(
+        [
+            "--preset=tiny",
+            f"--train_files={tmp_path}/train_*.bin",
+            f"--val_files={tmp_path}/val_*.bin",
+            *(f"--{k}={v}" for k, v in kw.items()),
+        ]
+    )
     return args
 
 

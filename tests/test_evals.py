@@ -43,19 +43,52 @@ POOL_EXAMPLES = 8
 SUBPROCESS_TIMEOUT_S = 120
 
 RAW_EXAMPLES = [  # the rowanz/hellaswag format: every field of a validation line
-    {"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
-     "ctx": "A man is sitting on a roof. he", "split": "val", "split_type": "indomain", "label": 3,
-     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
-                 "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
-     "source_id": "activitynet~v_-JhWjGDPHMY"},
-    {"ind": 92, "activity_label": "Making a sandwich", "ctx_a": "[header] How to make a sandwich [title] Lay out "
-     "two slices of bread.", "ctx_b": "", "ctx": "[header] How to make a sandwich [title] Lay out two slices of "
-     "bread.", "split": "val", "split_type": "zeroshot", "label": 0,
-     "endings": ["[step] Spread butter on one side of each slice.", "The bread flies away.",
-                 "[title] Paint the bread blue.", "Café owners sing loudly."], "source_id": "wikihow~1"},
-    {"ind": 7, "activity_label": "Greeting", "ctx_a": "Hello", "ctx_b": "", "ctx": "Hello", "split": "val",
-     "split_type": "indomain", "label": 1, "endings": ["world", "there", "again", "<|endoftext|>"],
-     "source_id": "made-up"},
+    {
+        "ind": 24,
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "ctx": "A man is sitting on a roof. he",
+        "split": "val",
+        "split_type": "indomain",
+        "label": 3,
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        "source_id": "activitynet~v_-JhWjGDPHMY",
+    },
+    {
+        "ind": 92,
+        "activity_label": "Making a sandwich",
+        "ctx_a": "[header] How to make a sandwich [title] Lay out two slices of bread.",
+        "ctx_b": "",
+        "ctx": "[header] How to make a sandwich [title] Lay out two slices of bread.",
+        "split": "val",
+        "split_type": "zeroshot",
+        "label": 0,
+        "endings": [
+            "[step] Spread butter on one side of each slice.",
+            "The bread flies away.",
+            "[title] Paint the bread blue.",
+            "Café owners sing loudly.",
+        ],
+        "source_id": "wikihow~1",
+    },
+    {
+        "ind": 7,
+        "activity_label": "Greeting",
+        "ctx_a": "Hello",
+        "ctx_b": "",
+        "ctx": "Hello",
+        "split": "val",
+        "split_type": "indomain",
+        "label": 1,
+        "endings": ["world", "there", "again", "<|endoftext|>"],
+        "source_id": "made-up",
+    },
 ]
 
 
@@ -80,8 +113,16 @@ def checkpoint(tmp_path_factory):
             std = HEAD_STD if name == "lm_head_w" else ATTN_STD if ".attn." in name else PERTURB_STD
             p.add_((torch.randn(p.shape) * std).to(p.dtype))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(dict(format=tg.CHECKPOINT_FORMAT, model=model.state_dict(), hyperparameters=tg.asdict(args),
-                    step=args.num_iterations, run_id="test"), path)
+    torch.save(
+        dict(
+            format=tg.CHECKPOINT_FORMAT,
+            model=model.state_dict(),
+            hyperparameters=tg.asdict(args),
+            step=args.num_iterations,
+            run_id="test",
+        ),
+        path,
+    )
     return path
 
 
@@ -98,8 +139,14 @@ def call(module, *argv):
 
 def run_script(name, *argv):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, str(REPO / "evals" / name), *map(str, argv)], capture_output=True,
-                          text=True, timeout=SUBPROCESS_TIMEOUT_S, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "evals" / name), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def dead_url():
@@ -135,8 +182,11 @@ def decided(loaded):
     model, window = loaded
     rng = random.Random(0)
     pool, tries = [], 0
-    while len(pool) < POOL_EXAMPLES or sum(d[2] == d[3] for d in pool) in (0, len(pool)) or \
-            sum(d[2] != d[3] for d in pool) < 3:
+    while (
+        len(pool) < POOL_EXAMPLES
+        or sum(d[2] == d[3] for d in pool) in (0, len(pool))
+        or sum(d[2] != d[3] for d in pool) < 3
+    ):
         tries += 1
         assert tries < 4 * POOL_EXAMPLES, "few random examples qualify: the test's model is broken"
         context = [rng.randrange(EOT) for _ in range(rng.randint(5, 30))]
@@ -231,9 +281,14 @@ def read_lines(path):
 
 def expected_tokens(encoding, examples=RAW_EXAMPLES):
     """The documented rule: the context as it stands; each ending with a leading space; all as text."""
-    return [{"context": encoding.encode(e["ctx"], disallowed_special=()),
-             "endings": [encoding.encode(" " + x, disallowed_special=()) for x in e["endings"]],
-             "label": e["label"]} for e in examples]
+    return [
+        {
+            "context": encoding.encode(e["ctx"], disallowed_special=()),
+            "endings": [encoding.encode(" " + x, disallowed_special=()) for x in e["endings"]],
+            "label": e["label"],
+        }
+        for e in examples
+    ]
 
 
 def test_prepare_tokenizes_a_raw_file(tmp_path, encoding, capsys):
@@ -364,8 +419,19 @@ def test_greedy_is_the_argmax_of_the_logits(checkpoint, loaded, encoding):
 
 def test_sampling_is_deterministic_given_a_seed(checkpoint, loaded, capsys):
     model, window = loaded
-    argv = [checkpoint, "--prompt", "Once upon a time", "--tokens", 6, "--temperature", 1.0, "--top_k", 20,
-            "--samples", 2]
+    argv = [
+        checkpoint,
+        "--prompt",
+        "Once upon a time",
+        "--tokens",
+        6,
+        "--temperature",
+        1.0,
+        "--top_k",
+        20,
+        "--samples",
+        2,
+    ]
     first = sample_json(capsys, *argv, "--seed", 7)
     assert sample_json(capsys, *argv, "--seed", 7) == first
     other = sample_json(capsys, *argv, "--seed", 8)
@@ -373,14 +439,30 @@ def test_sampling_is_deterministic_given_a_seed(checkpoint, loaded, capsys):
     assert all(len(t) == 6 for t in tokens) and tokens[0] != tokens[1] != other["samples"][0]["tokens"]
     for t in tokens:  # every draw is among the 20 most likely tokens at its step
         for i, token in enumerate(t):
-            logits = model.logits(torch.tensor([EOT, *first["prompt_tokens"], *t[:i]]),
-                                  torch.tensor(window, dtype=torch.int32))[-1]
+            logits = model.logits(
+                torch.tensor([EOT, *first["prompt_tokens"], *t[:i]]), torch.tensor(window, dtype=torch.int32)
+            )[-1]
             assert logits[token] >= torch.topk(logits, 20).values[-1]  # ties with the 20th stay in
 
 
 def test_sampling_text_output(checkpoint, capsys):
-    assert call(sample, checkpoint, "--prompt", "Hello", "--tokens", 3, "--samples", 2, "--temperature", 0.5,
-                "--device", "cpu") == 0
+    assert (
+        call(
+            sample,
+            checkpoint,
+            "--prompt",
+            "Hello",
+            "--tokens",
+            3,
+            "--samples",
+            2,
+            "--temperature",
+            0.5,
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert out.startswith("--- sample 1 of 2\nHello") and "--- sample 2 of 2\nHello" in out
     assert "pass --seed" in err  # no --seed: the one drawn is printed
@@ -410,8 +492,12 @@ def test_missing_and_foreign_checkpoints(module, tmp_path, capsys):
 
 
 def test_bad_options(checkpoint, capsys):
-    for module, argv in [(sample, ["--tokens", "0"]), (sample, ["--temperature", "-1"]),
-                         (hellaswag, ["--limit", "x"]), (hellaswag, ["--force"])]:
+    for module, argv in [
+        (sample, ["--tokens", "0"]),
+        (sample, ["--temperature", "-1"]),
+        (hellaswag, ["--limit", "x"]),
+        (hellaswag, ["--force"]),
+    ]:
         with pytest.raises(SystemExit) as exit_:
             call(module, checkpoint, *argv)
         assert exit_.value.code == 2, argv

@@ -65,9 +65,7 @@ def our_run(
     log = train_gpt.RunLog(folder, run_id, console=False)
     source = Path(train_gpt.__file__).read_text(encoding="utf-8")
     log.set_header(
-        source,
-        {"python": "3.11", "nvidia-smi": "GPU 0\nGPU 1"},
-        {"num_iterations": steps, "val_loss_every": val_every},
+        source, {"python": "3.11", "nvidia-smi": "GPU 0\nGPU 1"}, {"num_iterations": steps, "val_loss_every": val_every}
     )
     for step in range(steps + 1):
         t = train_ms * step / steps
@@ -481,8 +479,7 @@ def test_user_errors_are_one_paragraph_without_traceback(tmp_path):
     missing = cli(tmp_path / "nope")
     assert missing.returncode == 1
     assert (
-        missing.stderr
-        == f"error: {tmp_path / 'nope'} does not exist. "
+        missing.stderr == f"error: {tmp_path / 'nope'} does not exist. "
         "Give run logs (.txt), their JSON summaries, or folders holding them.\n"
     )
     public_log(tmp_path / "a.txt", 2.919, 1_000_000)
@@ -524,9 +521,7 @@ def test_baseline_comparison(batch, tmp_path, capsys):
     assert section[0] == "--- Baseline: 12 runs (0 skipped) ---"
     assert section[6] == "--- Comparison (submission minus baseline; Welch t-test, two-sided) ---"
     diff, (lo, hi), p = welch_by_hand(list(losses), list(base_losses))
-    assert (
-        section[7] == f"val loss difference: {diff:+.6f}, 99% confidence interval: {lo:+.6f} to {hi:+.6f}, p={p:.6f}"
-    )
+    assert section[7] == f"val loss difference: {diff:+.6f}, 99% confidence interval: {lo:+.6f} to {hi:+.6f}, p={p:.6f}"
     assert section[8].startswith("train time difference (minutes): -0.5")
 
 
@@ -700,7 +695,7 @@ def test_identical_runs_say_so_in_the_bootstrap_panel(tmp_path, monkeypatch, los
     texts = [t.get_text() for t in boot.texts]
     assert texts == [f"all 1000 bootstrap p-values are {p}:\n{verdict} (p < 0.01)"]
     assert "only 3 runs: these figures mean little" in boot.get_title()
-    (left, right, height), = bars(panel(fig, "Final val loss (3 runs)"))
+    ((left, right, height),) = bars(panel(fig, "Final val loss (3 runs)"))
     assert height == 3 and left < loss < right
 
 

@@ -18,8 +18,24 @@ from experiments import muon_linear_regression as mlr
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "muon_linear_regression.py"
-TINY = ["--n", "128", "--d", "6", "--outputs", "3", "--steps", "12", "--batch-size", "16", "--lr-points", "3",
-        "--lr-min", "0.01", "--lr-max", "0.3"]
+TINY = [
+    "--n",
+    "128",
+    "--d",
+    "6",
+    "--outputs",
+    "3",
+    "--steps",
+    "12",
+    "--batch-size",
+    "16",
+    "--lr-points",
+    "3",
+    "--lr-min",
+    "0.01",
+    "--lr-max",
+    "0.3",
+]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A learning rate per optimizer at which 40 steps of the small problem below go most of the way down.
 WORKING_LR = {"sgd": 0.1, "sgd_momentum": 0.03, "adamw": 0.05, "muon": 0.05}
@@ -105,7 +121,7 @@ def test_minibatches_draw_each_row_at_most_once_per_epoch():
     batches = mlr.minibatch_indices(100, 30, 7, torch.Generator().manual_seed(0))
     assert batches.shape == (7, 30)
     for epoch in range(0, 7, 3):  # 3 batches of 30 per epoch of 100 rows
-        rows = batches[epoch:epoch + 3].flatten()
+        rows = batches[epoch : epoch + 3].flatten()
         assert len(set(rows.tolist())) == len(rows) and 0 <= rows.min() and rows.max() < 100
 
 
@@ -138,8 +154,9 @@ def test_sweep_skips_diverged_rates_and_takes_the_lowest_final_loss():
 def test_command_writes_results_and_figures_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "study"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), *TINY], capture_output=True, text=True,
-                          env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), *TINY], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     table = [line.split() for line in done.stdout.splitlines()]
     rows = [r for r in table if r and r[0] in mlr.OPTIMIZERS]

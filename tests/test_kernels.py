@@ -10,6 +10,7 @@ tiles, mirrored tiles, and masked edges in rows and in K.
 The properties of the orthogonalization are checked against the band that tg.NS_COEFFS define
 (computed here); the record's coefficients and their band are pinned in test_record.py.
 """
+
 import functools
 import json
 import re
@@ -18,7 +19,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, cpu_env
 
 import train_gpt as tg  # noqa: E402  (conftest puts the repository on sys.path)
@@ -82,8 +82,12 @@ def interpreted_results() -> dict:
         G = make()
         exact = tg.newton_schulz_torch(G, f64)
         triton_ns, torch_ns = tg.newton_schulz_triton(G, f32), tg.newton_schulz_torch(G, f32)
-        out["ns"][name] = dict(vs_torch=rel_err(triton_ns, torch_ns), triton_vs_fp64=rel_err(triton_ns, exact),
-                               torch_vs_fp64=rel_err(torch_ns, exact), shape=list(triton_ns.shape))
+        out["ns"][name] = dict(
+            vs_torch=rel_err(triton_ns, torch_ns),
+            triton_vs_fp64=rel_err(triton_ns, exact),
+            torch_vs_fp64=rel_err(torch_ns, exact),
+            shape=list(triton_ns.shape),
+        )
     out["resolve_triton_on_cpu"] = tg.resolve_ns_impl("triton", on_cuda=False)
     return out
 
@@ -92,8 +96,14 @@ def interpreted_results() -> dict:
 def interpreted():
     if tg.triton is None:
         pytest.skip("triton is not installed")
-    proc = subprocess.run([sys.executable, __file__], env=cpu_env(TRITON_INTERPRET="1"), cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, __file__],
+        env=cpu_env(TRITON_INTERPRET="1"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -141,17 +151,31 @@ def test_kernel_compiles_for_h100(has_c):
 
     fn = tg._sym_matmul_kernel.fn
     unit_strides = ("sxk", "scn", "son")
-    signature = {name: "*bf16" if name in ("X", "C", "Out") else "fp32" if name in ("alpha", "beta")
-                 else "constexpr" if name in unit_strides or name.isupper() and name not in "NMK" else "i32"
-                 for name in fn.arg_names}
+    signature = {
+        name: "*bf16"
+        if name in ("X", "C", "Out")
+        else "fp32"
+        if name in ("alpha", "beta")
+        else "constexpr"
+        if name in unit_strides or name.isupper() and name not in "NMK"
+        else "i32"
+        for name in fn.arg_names
+    }
     divisible_by_16 = ("X", "C", "Out", "M", "K", "sxb", "sxm", "scb", "scm", "sob", "som")
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible_by_16}
     for config in tg._SYM_CONFIGS:
         constexprs = dict.fromkeys(unit_strides, 1) | dict(HAS_C=has_c, PRECISION="tf32") | config.kwargs
-        source = ASTSource(fn=fn, signature=signature, attrs=attrs,
-                           constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
-        kernel = tg.triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                                   options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+        source = ASTSource(
+            fn=fn,
+            signature=signature,
+            attrs=attrs,
+            constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+        )
+        kernel = tg.triton.compile(
+            source,
+            target=GPUTarget("cuda", 90, 32),
+            options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
+        )
         ptx = kernel.asm["ptx"]
         assert "wgmma.mma_async" in ptx and "cp.async.cg" in ptx, config
         assert kernel.metadata.shared <= H100_SHARED_MEMORY, config
@@ -177,7 +201,7 @@ BF16_F_MARGIN = 0.08
 
 def ns_polynomial(x: torch.Tensor, coeffs=None) -> torch.Tensor:
     for a, b, c in coeffs or tg.NS_COEFFS:
-        x = a * x + b * x ** 3 + c * x ** 5
+        x = a * x + b * x**3 + c * x**5
     return x
 
 
@@ -201,9 +225,9 @@ def band_check(G: torch.Tensor) -> tuple:
     distance from f(σ) for all σ, the output's largest singular value), in fp64."""
     Gn = (G / G.norm(dim=(-2, -1), keepdim=True)).double()
     U, S, Vh = torch.linalg.svd(Gn, full_matrices=False)
-    O = tg.newton_schulz_torch(G).double()
-    d = (U.mT @ O @ Vh.mT).diagonal(dim1=-2, dim2=-1)
-    return d[S >= BAND_FROM], (d - ns_polynomial(S)).abs().max().item(), torch.linalg.svdvals(O).max().item()
+    orth = tg.newton_schulz_torch(G).double()
+    d = (U.mT @ orth @ Vh.mT).diagonal(dim1=-2, dim2=-1)
+    return d[S >= BAND_FROM], (d - ns_polynomial(S)).abs().max().item(), torch.linalg.svdvals(orth).max().item()
 
 
 # scaled-down record shapes: MLP (wide and tall) and a batch of 4 attention matrices
@@ -249,13 +273,13 @@ def test_transpose_of_a_square_matrix(shape):
 @pytest.mark.parametrize("shape", PROPERTY_SHAPES, ids=str)
 def test_scale_invariance(shape):
     G = randn(*shape, seed=4)
-    O = tg.newton_schulz_torch(G)
-    for s in (2.0 ** -10, 2.0 ** 10):  # exact in bf16, and NS_EPS is below the norm's resolution
-        assert torch.equal(tg.newton_schulz_torch(s * G), O)
-    O32 = tg.newton_schulz_torch(G, torch.float32)
+    orth = tg.newton_schulz_torch(G)
+    for s in (2.0**-10, 2.0**10):  # exact in bf16, and NS_EPS is below the norm's resolution
+        assert torch.equal(tg.newton_schulz_torch(s * G), orth)
+    orth32 = tg.newton_schulz_torch(G, torch.float32)
     for s in (1e-3, 1e3):
-        assert rel_err(tg.newton_schulz_torch(s * G), O) < BF16_REL
-        assert rel_err(tg.newton_schulz_torch(s * G, torch.float32), O32) < FP32_REL
+        assert rel_err(tg.newton_schulz_torch(s * G), orth) < BF16_REL
+        assert rel_err(tg.newton_schulz_torch(s * G, torch.float32), orth32) < FP32_REL
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -268,25 +292,31 @@ def test_update_function_dispatches_on_the_implementation():
         tg.muon_update_fn("cuda", compiled=False)
 
 
-@pytest.mark.parametrize("requested, on_cuda, have_triton, expected", [
-    ("torch", True, True, "torch"),
-    ("torch", False, False, "torch"),
-    ("auto", True, True, "triton"),
-    ("auto", True, False, "torch"),
-    ("auto", False, True, "torch"),
-    ("triton", True, True, "triton"),
-])
+@pytest.mark.parametrize(
+    "requested, on_cuda, have_triton, expected",
+    [
+        ("torch", True, True, "torch"),
+        ("torch", False, False, "torch"),
+        ("auto", True, True, "triton"),
+        ("auto", True, False, "torch"),
+        ("auto", False, True, "torch"),
+        ("triton", True, True, "triton"),
+    ],
+)
 def test_resolve_ns_impl(monkeypatch, requested, on_cuda, have_triton, expected):
     monkeypatch.setattr(tg, "triton", object() if have_triton else None)
     monkeypatch.setattr(tg, "TRITON_INTERPRET", False)
     assert tg.resolve_ns_impl(requested, on_cuda) == expected
 
 
-@pytest.mark.parametrize("on_cuda, have_triton, message", [
-    (False, True, "needs a CUDA GPU"),
-    (True, False, "triton is not installed"),
-    (False, False, "triton is not installed"),
-])
+@pytest.mark.parametrize(
+    "on_cuda, have_triton, message",
+    [
+        (False, True, "needs a CUDA GPU"),
+        (True, False, "triton is not installed"),
+        (False, False, "triton is not installed"),
+    ],
+)
 def test_resolve_ns_impl_refuses_triton_it_cannot_run(monkeypatch, on_cuda, have_triton, message):
     monkeypatch.setattr(tg, "triton", object() if have_triton else None)
     monkeypatch.setattr(tg, "TRITON_INTERPRET", False)
@@ -302,13 +332,16 @@ def test_resolve_ns_impl_rejects_unknown_names():
 
 def test_import_without_triton():
     # None in sys.modules makes `import triton` raise ImportError, as on a machine without it
-    code = ("import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
-            "import torch, train_gpt as tg\n"
-            "assert tg.triton is None and tg.resolve_ns_impl('auto', on_cuda=True) == 'torch'\n"
-            "assert tg.newton_schulz_torch(torch.randn(8, 16)).shape == (8, 16)\n"
-            "print('ok')")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cpu_env(), capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
+        "import torch, train_gpt as tg\n"
+        "assert tg.triton is None and tg.resolve_ns_impl('auto', on_cuda=True) == 'torch'\n"
+        "assert tg.newton_schulz_torch(torch.randn(8, 16)).shape == (8, 16)\n"
+        "print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
 
 
@@ -322,16 +355,25 @@ def test_benchmark_smoke_prints_its_table(tmp_path):
     out = tmp_path / "table.txt"
     proc = subprocess.run(
         [sys.executable, "benchmarks/bench_newton_schulz.py", "--smoke", "--warmup=0", "--repeat=1", f"--out={out}"],
-        cwd=REPO, env=cpu_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+        cwd=REPO,
+        env=cpu_env(TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = out.read_text().splitlines()
     assert proc.stdout.splitlines() == lines
     header = next(i for i, line in enumerate(lines) if line.startswith("workload"))
     assert "speedup" in lines[header] and "TFLOP/s" in lines[header]
-    rows = lines[header + 2:header + 7]
+    rows = lines[header + 2 : header + 7]
     assert [r.split("  ")[0] for r in rows] == [
-        "MLP fc (96, 24), transposed", "MLP proj (24, 96)", "attention (4, 24, 24)", "all 5 matrices",
-        "1/8 share (busiest rank): 3"]
+        "MLP fc (96, 24), transposed",
+        "MLP proj (24, 96)",
+        "attention (4, 24, 24)",
+        "all 5 matrices",
+        "1/8 share (busiest rank): 3",
+    ]
     for row in rows:
         assert "n/a" not in row
         assert float(row.split()[-1]) < 2e-6  # rel diff of the two paths, fp32
@@ -356,13 +398,17 @@ def cuda_randn(*shape, seed: int, dtype: torch.dtype = torch.float32) -> torch.T
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("X", [
-    lambda: cuda_randn(*DEFAULT_SHAPES[1], seed=0, dtype=torch.bfloat16),
-    lambda: cuda_randn(*DEFAULT_SHAPES[0], seed=1, dtype=torch.bfloat16).mT,
-    lambda: cuda_randn(*DEFAULT_SHAPES[2], seed=2, dtype=torch.bfloat16),
-    lambda: cuda_randn(1000, 3000, seed=3, dtype=torch.bfloat16),
-    lambda: cuda_randn(3, 300, 700, seed=4, dtype=torch.bfloat16)[:, ::2, 1:],
-], ids=["MLP proj", "MLP fc transposed", "attention", "1000x3000", "non-contiguous"])
+@pytest.mark.parametrize(
+    "X",
+    [
+        lambda: cuda_randn(*DEFAULT_SHAPES[1], seed=0, dtype=torch.bfloat16),
+        lambda: cuda_randn(*DEFAULT_SHAPES[0], seed=1, dtype=torch.bfloat16).mT,
+        lambda: cuda_randn(*DEFAULT_SHAPES[2], seed=2, dtype=torch.bfloat16),
+        lambda: cuda_randn(1000, 3000, seed=3, dtype=torch.bfloat16),
+        lambda: cuda_randn(3, 300, 700, seed=4, dtype=torch.bfloat16)[:, ::2, 1:],
+    ],
+    ids=["MLP proj", "MLP fc transposed", "attention", "1000x3000", "non-contiguous"],
+)
 def test_gpu_kernels_as_accurate_as_torch_bf16(X):
     X = X()
     exact = X.double() @ X.double().mT
@@ -398,7 +444,10 @@ def test_startup_check_stops_a_run_whose_kernels_are_wrong(monkeypatch):
     shapes = [(32, 64), (64, 32), (2, 32, 32)]
     monkeypatch.setattr(tg, "newton_schulz_triton", tg.newton_schulz_torch)
     tg.check_newton_schulz_triton(torch.device("cpu"), shapes)  # agreeing paths pass
-    noisy = lambda G: (tg.newton_schulz_torch(G).float() * (1 + 0.01 * torch.randn(G.shape))).bfloat16()
+
+    def noisy(G):
+        return (tg.newton_schulz_torch(G).float() * (1 + 0.01 * torch.randn(G.shape))).bfloat16()
+
     monkeypatch.setattr(tg, "newton_schulz_triton", noisy)
     tg.check_newton_schulz_triton(torch.device("cpu"), shapes)  # 1% noise: rounding-sized, passes
     monkeypatch.setattr(tg, "newton_schulz_triton", lambda G: tg.newton_schulz_torch(G).flip(-1))
@@ -408,6 +457,7 @@ def test_startup_check_stops_a_run_whose_kernels_are_wrong(monkeypatch):
 
 class FakeX:
     """What the prune hook reads of the kernel's X argument."""
+
     is_cuda, device = True, torch.device("cuda", 0)
 
     @staticmethod
@@ -415,11 +465,14 @@ class FakeX:
         return 2
 
 
-@pytest.mark.parametrize("limit, expected", [
-    (232_448, "all"),  # H100: every config fits
-    (101_376, "<= 101376"),  # a consumer card (sm_89): the 4-stage 128-tiles do not
-    (40_000, "smallest"),  # nothing fits: keep the smallest rather than none
-])
+@pytest.mark.parametrize(
+    "limit, expected",
+    [
+        (232_448, "all"),  # H100: every config fits
+        (101_376, "<= 101376"),  # a consumer card (sm_89): the 4-stage 128-tiles do not
+        (40_000, "smallest"),  # nothing fits: keep the smallest rather than none
+    ],
+)
 def test_configs_that_do_not_fit_the_gpu_are_pruned(monkeypatch, limit, expected):
     if tg.triton is None:
         pytest.skip("triton is not installed")
@@ -449,21 +502,28 @@ def usable_triton(monkeypatch):
     monkeypatch.setattr(tg, "check_newton_schulz_triton", lambda device, shapes: None)
 
 
-@pytest.mark.parametrize("times, winner", [
-    ((2.0, 1.5), "triton"),
-    ((1.0, 1.5), "torch"),
-    ((1.0, 1.0 * tg.NS_TRITON_MARGIN + 1e-3), "torch"),  # faster, but not clearly: the record's torch path
-])
+@pytest.mark.parametrize(
+    "times, winner",
+    [
+        ((2.0, 1.5), "triton"),
+        ((1.0, 1.5), "torch"),
+        ((1.0, 1.0 * tg.NS_TRITON_MARGIN + 1e-3), "torch"),  # faster, but not clearly: the record's torch path
+    ],
+)
 @pytest.mark.parametrize("compiled", [True, False])
 def test_auto_picks_the_faster_path_and_records_both_timings(monkeypatch, usable_triton, times, winner, compiled):
     timed = []
-    monkeypatch.setattr(tg, "measure_newton_schulz", lambda device, shapes, compiled: timed.append(
-        (shapes, compiled)) or dict(torch=times[0], triton=times[1]))
+    monkeypatch.setattr(
+        tg,
+        "measure_newton_schulz",
+        lambda device, shapes, compiled: timed.append((shapes, compiled)) or dict(torch=times[0], triton=times[1]),
+    )
     info = tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16), (4, 8, 8)], compiled=compiled)
     assert timed == [([(8, 16), (4, 8, 8)], compiled)]  # on the run's own shapes, compiled as the run compiles
     timed_as = "compiled" if compiled else "eager"
-    assert info == dict(requested="auto", used=winner, timings_ms=dict(torch=times[0], triton=times[1]), note=None,
-                        torch_timed=timed_as)
+    assert info == dict(
+        requested="auto", used=winner, timings_ms=dict(torch=times[0], triton=times[1]), note=None, torch_timed=timed_as
+    )
     assert f"{timed_as} torch {times[0]:.3f} ms, triton {times[1]:.3f} ms" in tg.newton_schulz_line(info)
     # forcing one is not timed
     monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a, **k: pytest.fail("forced: nothing to time"))
@@ -479,13 +539,19 @@ def test_triton_failure_falls_back_under_auto_and_is_an_error_when_forced(monkey
     monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a, **k: pytest.fail("nothing to time after a failure"))
     info = tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)], compiled=True)
     assert info["used"] == "torch" and info["timings_ms"] is None
-    assert info["note"] == "the Triton path failed (RuntimeError: out of resources: shared memory, required: 300000); using torch"
+    assert (
+        info["note"]
+        == "the Triton path failed (RuntimeError: out of resources: shared memory, required: 300000); using torch"
+    )
     assert "using torch" in tg.newton_schulz_line(info)
-    with pytest.raises(tg.UserError, match=r"--ns_impl=triton: the Triton path fails on this GPU \(RuntimeError: out of"):
+    with pytest.raises(
+        tg.UserError, match=r"--ns_impl=triton: the Triton path fails on this GPU \(RuntimeError: out of"
+    ):
         tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)], compiled=True)
     # a wrong result: the check's own message, under --ns_impl=triton an error, under auto torch
-    monkeypatch.setattr(tg, "check_newton_schulz_triton",
-                        lambda d, s: (_ for _ in ()).throw(tg.UserError("the kernels disagree")))
+    monkeypatch.setattr(
+        tg, "check_newton_schulz_triton", lambda d, s: (_ for _ in ()).throw(tg.UserError("the kernels disagree"))
+    )
     with pytest.raises(tg.UserError, match=r"\(UserError: the kernels disagree\)"):
         tg.choose_newton_schulz("triton", gpu_runtime(), [(8, 16)], compiled=True)
     assert tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)], compiled=True)["used"] == "torch"
@@ -493,7 +559,8 @@ def test_triton_failure_falls_back_under_auto_and_is_an_error_when_forced(monkey
     monkeypatch.setattr(tg, "check_newton_schulz_triton", lambda d, s: None)
     monkeypatch.setattr(tg, "measure_newton_schulz", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("inductor")))
     assert tg.choose_newton_schulz("auto", gpu_runtime(), [(8, 16)], compiled=True)["note"] == (
-        "the Triton path failed (RuntimeError: inductor); using torch")
+        "the Triton path failed (RuntimeError: inductor); using torch"
+    )
 
 
 def test_cpu_runs_use_torch_without_timing():
@@ -507,6 +574,7 @@ def test_time_ms_is_the_median():
 
     def fn():
         import time
+
         t = next(calls)
         slept.append(t)
         time.sleep(t / 1000)

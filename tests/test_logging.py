@@ -1,5 +1,6 @@
 """The log's line formats and the run files: exact formats, flushed as written, never overwritten.
 (The record's published line is reproduced in test_record.py.)"""
+
 import json
 
 import pytest
@@ -10,8 +11,10 @@ import train_gpt as tg
 def test_line_formats_are_the_speedruns():
     # 6 decimals of loss, whole ms of time, 2 decimals of ms per step (step 0 divides by 1)
     assert tg.format_val_line(0, 1000, 10.8258, 0.0) == "step:0/1000 val_loss:10.825800 train_time:0ms step_avg:0.00ms"
-    assert tg.format_val_line(1000, 1000, 3.12345678, 123456.7) == \
-        "step:1000/1000 val_loss:3.123457 train_time:123457ms step_avg:123.46ms"
+    assert (
+        tg.format_val_line(1000, 1000, 3.12345678, 123456.7)
+        == "step:1000/1000 val_loss:3.123457 train_time:123457ms step_avg:123.46ms"
+    )
     assert tg.format_train_line(1, 1000, 251.24) == "step:1/1000 train_time:251ms step_avg:251.24ms"
     assert tg.format_train_line(3, 1000, 1000.0) == "step:3/1000 train_time:1000ms step_avg:333.33ms"
 
@@ -33,8 +36,15 @@ def test_run_log_files(tmp_path):
     log.finish("finished")
     lines = txt.read_text().splitlines()
     # the speedrun's header, then ours
-    assert lines[:7] == ["print('source')", tg.LOG_RULE, "Running Python 3.11.7 (main)",
-                         "Running PyTorch 2.11.0 compiled for CUDA 13.0", "line1", "line2", tg.LOG_RULE]
+    assert lines[:7] == [
+        "print('source')",
+        tg.LOG_RULE,
+        "Running Python 3.11.7 (main)",
+        "Running PyTorch 2.11.0 compiled for CUDA 13.0",
+        "line1",
+        "line2",
+        tg.LOG_RULE,
+    ]
     assert lines[7] == "world_size: 8"
     assert "  num_iterations = 3" in lines and "  seed = 4" in lines
     assert lines[-6:] == [
@@ -49,8 +59,10 @@ def test_run_log_files(tmp_path):
     assert summary["status"] == "finished" and summary["record"] == "my_record"
     assert summary["final_val_loss"] == 7.5 and summary["train_time_ms"] == 300.0
     assert summary["step_avg_ms"] == 100.0 and summary["steps_done"] == 3 and summary["num_iterations"] == 3
-    assert summary["val_losses"] == [dict(step=0, val_loss=10.8, train_time_ms=0.0),
-                                     dict(step=3, val_loss=7.5, train_time_ms=300.0)]
+    assert summary["val_losses"] == [
+        dict(step=0, val_loss=10.8, train_time_ms=0.0),
+        dict(step=3, val_loss=7.5, train_time_ms=300.0),
+    ]
     assert (summary["peak_memory_allocated_mib"], summary["peak_memory_reserved_mib"]) == (1234, 2345)
     assert summary["log_file"] == "run1.txt" and summary["hyperparameters"] == {"num_iterations": 3, "seed": 4}
 

@@ -6,6 +6,7 @@ rules and take their numbers from the script: the arguments of the model built, 
 structure (tg.UNET_SKIPS, tg.NUM_VALUE_EMBEDS, tg.LONG_WINDOW_BLOCKS, tg.NO_ATTENTION_BLOCK, ...).
 The helpers take the script module as `script`, so test_record.py can run them on a changed copy.
 """
+
 import math
 import types
 
@@ -56,8 +57,11 @@ def check_model_structure(script, args) -> None:
     hidden = args.mlp_ratio * D
     attn = attention_blocks(script, L)
     embeds = ["embed1.weight", "embed2.weight"] + [f"value_embeds.{i}.weight" for i in range(script.NUM_VALUE_EMBEDS)]
-    blocks = [f"blocks.{i}.{name}" for i in range(L) for name in ["mlp.fc_w", "mlp.proj_w"]
-              + (["attn.qkvo_w"] if i in attn else [])]
+    blocks = [
+        f"blocks.{i}.{name}"
+        for i in range(L)
+        for name in ["mlp.fc_w", "mlp.proj_w"] + (["attn.qkvo_w"] if i in attn else [])
+    ]
     assert sorted(params) == sorted(embeds + blocks + ["lm_head_w", "scalars"])
     assert sum(p.numel() for p in params.values()) == expected_parameter_count(script, args)
     for name in embeds:
@@ -77,13 +81,25 @@ def check_model_structure(script, args) -> None:
     assert "rotary.cos" not in model.state_dict()
 
 
-@pytest.mark.parametrize("args", [
-    tg.Hyperparameters(),
-    tiny_args(),
-    # a vocabulary that is not a multiple, another MLP ratio and head split, no weight-decay multiplier
-    tg.Hyperparameters(vocab_size=1000, model_dim=96, num_heads=3, head_dim=32, mlp_ratio=3, mlp_wd_mul=1.0,
-                       train_seq_len=256, val_seq_len=384),
-], ids=["defaults", "tiny", "odd sizes"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        tg.Hyperparameters(),
+        tiny_args(),
+        # a vocabulary that is not a multiple, another MLP ratio and head split, no weight-decay multiplier
+        tg.Hyperparameters(
+            vocab_size=1000,
+            model_dim=96,
+            num_heads=3,
+            head_dim=32,
+            mlp_ratio=3,
+            mlp_wd_mul=1.0,
+            train_seq_len=256,
+            val_seq_len=384,
+        ),
+    ],
+    ids=["defaults", "tiny", "odd sizes"],
+)
 def test_model_structure_follows_the_arguments(args):
     check_model_structure(tg, args)
 
@@ -148,12 +164,12 @@ def brute_force_mask(ids: torch.Tensor, W: int, script=tg) -> torch.Tensor:
         cands = [kb for kb in range(qb, -1, -1) if lo[qb] <= hi[kb] and lo[kb] <= hi[qb]]  # most recent first
         full = [kb for kb in cands if kb < qb and lo[qb] == hi[kb] == lo[kb] == hi[qb]]
         partial = [kb for kb in cands if kb not in full]
-        keep_full = full[:max(W - 1, 0)]
-        keep_partial = partial[:max(W - len(full), 1)]
+        keep_full = full[: max(W - 1, 0)]
+        keep_partial = partial[: max(W - len(full), 1)]
         for q in range(qb * bs, (qb + 1) * bs):
             row = mask[q]
             for kb in keep_full:
-                row[kb * bs:(kb + 1) * bs] = [True] * bs
+                row[kb * bs : (kb + 1) * bs] = [True] * bs
             for kb in keep_partial:
                 for k in range(kb * bs, min((kb + 1) * bs, q + 1)):
                     row[k] = docs[q] == docs[k]
@@ -197,8 +213,7 @@ def test_dense_attention_equals_flex_attention(compiled_flex, mean_len, seed):
     for sel, W in zip(tg.document_block_masks(ids, windows), windows):
         bm = BlockMask.from_kv_blocks(*sel, BLOCK_SIZE=tg.ATTN_BLOCK_SIZE, mask_mod=tg.document_causal_mod(docs))
         want = compiled_flex(q, k, v, block_mask=bm, scale=tg.ATTN_SCALE)
-        got = F.scaled_dot_product_attention(q, k, v, attn_mask=tg.dense_attention_mask(ids, sel),
-                                             scale=tg.ATTN_SCALE)
+        got = F.scaled_dot_product_attention(q, k, v, attn_mask=tg.dense_attention_mask(ids, sel), scale=tg.ATTN_SCALE)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"window {W}")
 
 
@@ -209,7 +224,7 @@ def reference_forward(model, ids, targets, W, eval_mode, script=tg):
     L = len(model.blocks)
     nl, na = script.LAMBDAS_PER_BLOCK, script.ATTN_LAMBDAS_PER_BLOCK
     s = model.scalars.float()
-    skip_w, lam, alam = s[:L], s[L:(1 + nl) * L].view(L, nl), s[(1 + nl) * L:].view(L, na)
+    skip_w, lam, alam = s[:L], s[L : (1 + nl) * L].view(L, nl), s[(1 + nl) * L :].view(L, na)
     rms = lambda t: F.rms_norm(t, (t.size(-1),))  # noqa: E731
     x = x00 = rms(model.embed1(ids)[None])
     x01 = rms(model.embed2(ids)[None])
@@ -231,8 +246,9 @@ def reference_forward(model, ids, targets, W, eval_mode, script=tg):
             ve_i = ve_layout[i]
             v = alam[i, 0] * v + alam[i, 1] * ves[ve_i].view_as(v) if ve_i is not None else alam[i, 0] * v
             m = masks[W if i in script.LONG_WINDOW_BLOCKS else W // 2]
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=m, scale=script.ATTN_SCALE).transpose(1, 2)
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=m, scale=script.ATTN_SCALE
+            ).transpose(1, 2)
             x = x + F.linear(y.reshape(1, len(ids), H * D), w[3])
         else:
             assert block.attn is None
@@ -307,16 +323,20 @@ def test_forward_matches_the_reference(perturbed_tiny_model, eval_mode):
     check_forward_matches_the_reference(tg, perturbed_tiny_model, eval_mode)
 
 
-@pytest.mark.parametrize("change", [
-    dict(UNET_SKIPS={i: (j + 1) % i for i, j in tg.UNET_SKIPS.items()}),  # other sources
-    dict(LONG_WINDOW_BLOCKS=tg.LONG_WINDOW_BLOCKS[:-1]),
-    dict(NUM_VALUE_EMBEDS=tg.NUM_VALUE_EMBEDS - 1),
-    dict(ATTN_SCALE=tg.ATTN_SCALE * 1.05),
-], ids=lambda change: next(iter(change)))
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(UNET_SKIPS={i: (j + 1) % i for i, j in tg.UNET_SKIPS.items()}),  # other sources
+        dict(LONG_WINDOW_BLOCKS=tg.LONG_WINDOW_BLOCKS[:-1]),
+        dict(NUM_VALUE_EMBEDS=tg.NUM_VALUE_EMBEDS - 1),
+        dict(ATTN_SCALE=tg.ATTN_SCALE * 1.05),
+    ],
+    ids=lambda change: next(iter(change)),
+)
 def test_the_reference_sees_a_wrong_structure(perturbed_tiny_model, change):
     """The reference with one structural number changed misses the model's hidden states by far more
     than the tolerance: the comparison above checks the structure, not only that the code runs."""
-    (name, value), = change.items()
+    ((name, value),) = change.items()
     assert value != getattr(tg, name)
     wrong = types.SimpleNamespace(**{**vars(tg), **change})
     T = 4 * tg.ATTN_BLOCK_SIZE

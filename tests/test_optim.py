@@ -5,6 +5,7 @@ pinned in test_record.py; here the expected values are the spec's formulas evalu
 the script (Hyperparameters, tg.NS_COEFFS). The check_* helpers take the script module as `script`, so
 test_record.py can run them on a changed copy.
 """
+
 import copy
 import itertools
 import math
@@ -33,8 +34,12 @@ def ns_reference(G):
 
 
 def test_master_weight_split_is_exact():
-    x = torch.cat([torch.randn(10_000) * 10.0 ** torch.randint(-20, 20, (10_000,)),
-                   torch.tensor([0.0, -0.0, 1.0, -1.0, 3.4e38, -3.4e38, 1e-40, -1e-40])])
+    x = torch.cat(
+        [
+            torch.randn(10_000) * 10.0 ** torch.randint(-20, 20, (10_000,)),
+            torch.tensor([0.0, -0.0, 1.0, -1.0, 3.4e38, -3.4e38, 1e-40, -1e-40]),
+        ]
+    )
     p = torch.empty_like(x, dtype=torch.bfloat16)
     mantissa = torch.empty_like(x, dtype=torch.uint16)
     tg.store_master_weight(x.clone(), p, mantissa)
@@ -244,12 +249,23 @@ def check_schedules(script, args) -> None:
         assert script.muon_momentum(step, args) == pytest.approx(spec_muon_momentum(step, args), abs=1e-12), step
 
 
-@pytest.mark.parametrize("args", [
-    tg.Hyperparameters(),
-    tg.parse_args(["--preset=tiny"]),
-    tg.Hyperparameters(num_iterations=1000, cooldown_frac=0.5, final_lr_frac=0.1, max_window_tokens=1000,
-                       muon_momentum_start=0.5, muon_momentum=0.9, muon_momentum_warmup_steps=0),
-], ids=["defaults", "tiny", "other"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        tg.Hyperparameters(),
+        tg.parse_args(["--preset=tiny"]),
+        tg.Hyperparameters(
+            num_iterations=1000,
+            cooldown_frac=0.5,
+            final_lr_frac=0.1,
+            max_window_tokens=1000,
+            muon_momentum_start=0.5,
+            muon_momentum=0.9,
+            muon_momentum_warmup_steps=0,
+        ),
+    ],
+    ids=["defaults", "tiny", "other"],
+)
 def test_schedules_follow_the_spec(args):
     check_schedules(tg, args)
 
@@ -281,8 +297,12 @@ def check_optimizer_groups(script, args) -> None:
     if muon:
         assert isinstance(hidden, script.Muon)
         for g in hidden.param_groups:
-            assert (g["lr"], g["weight_decay"], g["momentum"], g["update_smoothing"]) == \
-                (args.muon_lr, args.muon_weight_decay, args.muon_momentum, args.update_smoothing)
+            assert (g["lr"], g["weight_decay"], g["momentum"], g["update_smoothing"]) == (
+                args.muon_lr,
+                args.muon_weight_decay,
+                args.muon_momentum,
+                args.update_smoothing,
+            )
         matrix_lr = args.muon_lr
     else:  # the published lr of --matrix_optimizer, or --matrix_lr
         published = script.MATRIX_OPTIMIZERS[args.matrix_optimizer]["settings"]["lr"]
@@ -307,15 +327,30 @@ def check_optimizer_groups(script, args) -> None:
                 assert g["momentum"] == pytest.approx(spec_muon_momentum(step, args))
 
 
-@pytest.mark.parametrize("args", [
-    tg.Hyperparameters(),
-    tg.parse_args(["--preset=tiny"]),
-    tg.Hyperparameters(adam_head_lr=0.01, adam_embed_lr=0.2, adam_scalar_lr=0.02, adam_beta1=0.9, adam_beta2=0.99,
-                       adam_eps=1e-8, adam_weight_decay=0.1, muon_lr=0.05, muon_weight_decay=0.0,
-                       muon_momentum=0.9, update_smoothing=0.0, snoo_k=0),
-    tg.Hyperparameters(matrix_optimizer="adam", matrix_lr=0.01),
-    tg.Hyperparameters(matrix_optimizer="shampoo"),
-], ids=["defaults", "tiny", "other", "adam matrices", "shampoo matrices"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        tg.Hyperparameters(),
+        tg.parse_args(["--preset=tiny"]),
+        tg.Hyperparameters(
+            adam_head_lr=0.01,
+            adam_embed_lr=0.2,
+            adam_scalar_lr=0.02,
+            adam_beta1=0.9,
+            adam_beta2=0.99,
+            adam_eps=1e-8,
+            adam_weight_decay=0.1,
+            muon_lr=0.05,
+            muon_weight_decay=0.0,
+            muon_momentum=0.9,
+            update_smoothing=0.0,
+            snoo_k=0,
+        ),
+        tg.Hyperparameters(matrix_optimizer="adam", matrix_lr=0.01),
+        tg.Hyperparameters(matrix_optimizer="shampoo"),
+    ],
+    ids=["defaults", "tiny", "other", "adam matrices", "shampoo matrices"],
+)
 def test_optimizer_groups_follow_the_arguments(args):
     check_optimizer_groups(tg, args)
 
@@ -328,8 +363,12 @@ def test_warmup_state_is_restored_exactly():
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     saved = tg.snapshot(model, [adam, muon], snoo)
     rt = tg.Runtime(0, 1, torch.device("cpu"))
-    batch = [(torch.randint(0, 1000, (args.train_seq_len,), dtype=torch.int32),
-              torch.randint(0, 1000, (args.train_seq_len,)))] * args.seqs_per_step
+    batch = [
+        (
+            torch.randint(0, 1000, (args.train_seq_len,), dtype=torch.int32),
+            torch.randint(0, 1000, (args.train_seq_len,)),
+        )
+    ] * args.seqs_per_step
     for _ in range(2):
         tg.train_step(model, batch, torch.tensor(1, dtype=torch.int32), rt, [adam, muon], snoo)
     assert not torch.equal(model.lm_head_w, initial["lm_head_w"]) and len(muon.state) > 0
@@ -341,7 +380,9 @@ def test_warmup_state_is_restored_exactly():
     assert all(torch.equal(c, p) for c, p in zip(snoo.copy, model.parameters()))
 
 
-@pytest.mark.parametrize("smoothing", [0.2, 0.0])  # 0: the update goes from Newton-Schulz's a X + B X straight to the weights
+@pytest.mark.parametrize(
+    "smoothing", [0.2, 0.0]
+)  # 0: the update goes from Newton-Schulz's a X + B X straight to the weights
 def test_compiled_update_is_one_graph_per_shape_and_equals_eager(smoothing):
     """The default update (every device): momentum, Newton-Schulz, smoothing and the master-weight write
     compiled as one function, as the record compiles it. lr, momentum and weight decay change every
@@ -402,12 +443,15 @@ def test_defaults_are_torch_adamw():
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("bc, zero_init, m_factor", [
-    (True, True, lambda b: 1.0),  # ZI + BC: g1
-    (False, True, lambda b: 1 - b),  # ZI, no BC: (1 - b1) g1
-    (True, False, lambda b: 1 / (1 - b)),  # first-gradient init + BC: g1 / (1 - b1)
-    (False, False, lambda b: 1.0),  # first-gradient init, no BC: g1
-])
+@pytest.mark.parametrize(
+    "bc, zero_init, m_factor",
+    [
+        (True, True, lambda b: 1.0),  # ZI + BC: g1
+        (False, True, lambda b: 1 - b),  # ZI, no BC: (1 - b1) g1
+        (True, False, lambda b: 1 / (1 - b)),  # first-gradient init + BC: g1 / (1 - b1)
+        (False, False, lambda b: 1.0),  # first-gradient init, no BC: g1
+    ],
+)
 def test_first_step_of_each_bias_correction_and_init(bc, zero_init, m_factor):
     """optimizers.md: the first step's m_hat (and v_hat with b2) for the four combinations."""
     b1, b2, lr, eps = 0.9, 0.95, 0.01, 1e-8
@@ -431,8 +475,9 @@ def test_nested_average_is_its_formula(bc, zero_init):
     torch.manual_seed(2)
     p = torch.nn.Parameter(torch.randn(32))
     w = p.detach().double().clone()
-    opt = tg.AdamVariant([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, bias_correction=bc,
-                         zero_init=zero_init, nested=True)
+    opt = tg.AdamVariant(
+        [p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, bias_correction=bc, zero_init=zero_init, nested=True
+    )
     m = v = None
     for t in range(1, 9):
         g = torch.randn(32)
@@ -441,17 +486,26 @@ def test_nested_average_is_its_formula(bc, zero_init):
         g = g.double()
         v = (g * g if not zero_init else torch.zeros_like(g)) if v is None else v
         v = b2 * v + (1 - b2) * g * g
-        n = g / (torch.sqrt(v / ((1 - b2 ** t) if bc else 1)) + eps)
+        n = g / (torch.sqrt(v / ((1 - b2**t) if bc else 1)) + eps)
         m = (n if not zero_init else torch.zeros_like(g)) if m is None else m
         m = b1 * m + (1 - b1) * n
-        w = w * (1 - lr * wd) - lr * m / ((1 - b1 ** t) if bc else 1)
+        w = w * (1 - lr * wd) - lr * m / ((1 - b1**t) if bc else 1)
         torch.testing.assert_close(p.detach().double(), w, rtol=0, atol=1e-6)
 
 
 def schedule_args(**kw):
-    return tg.parse_args(["--preset=tiny", "--num_iterations=1000", "--adam_eps=1e-10", "--adam_eps_max=1e-3",
-                          "--adam_eps_start_frac=0.4", "--adam_eps_end_frac=0.8", "--adam_eps_growth=0.01",
-                          *(f"--{k}={v}" for k, v in kw.items())])
+    return tg.parse_args(
+        [
+            "--preset=tiny",
+            "--num_iterations=1000",
+            "--adam_eps=1e-10",
+            "--adam_eps_max=1e-3",
+            "--adam_eps_start_frac=0.4",
+            "--adam_eps_end_frac=0.8",
+            "--adam_eps_growth=0.01",
+            *(f"--{k}={v}" for k, v in kw.items()),
+        ]
+    )
 
 
 def test_eps_schedule_is_its_closed_form():
@@ -502,5 +556,7 @@ def test_weight_drift_is_its_formula():
     flat, flat0 = torch.cat([x.flatten() for x in w]).double(), torch.cat([x.flatten() for x in w0]).double()
     assert got["a"]["distance"] == pytest.approx((flat - flat0).norm().item(), rel=1e-12)
     assert got["a"]["relative_distance"] == pytest.approx(((flat - flat0).norm() / flat0.norm()).item(), rel=1e-12)
-    assert got["a"]["cosine"] == pytest.approx(torch.nn.functional.cosine_similarity(flat, flat0, dim=0).item(), rel=1e-9)
+    assert got["a"]["cosine"] == pytest.approx(
+        torch.nn.functional.cosine_similarity(flat, flat0, dim=0).item(), rel=1e-9
+    )
     assert got["head"] == dict(distance=pytest.approx(math.sqrt(6)), relative_distance=None, cosine=None)

@@ -1,6 +1,7 @@
 """--matrix_optimizer: Muon (the record), Adam, Shampoo and SOAP on the hidden matrices. Shampoo against a
 direct computation of its algorithm; for every choice: fp32 master weights, state round trips, the
 (4, d, d) attention tensor as four matrices, and 2 processes computing what 1 does."""
+
 import copy
 import os
 
@@ -22,11 +23,23 @@ def build(name: str, params, rank: int = 0, world_size: int = 1, **overrides):
     argv += [f"--matrix_{k}={tg.format_value(v)}" for k, v in overrides.items()]
     args = tg.parse_args(argv)
     if name == "muon":
-        return tg.Muon(params, lr=args.muon_lr, weight_decay=args.muon_weight_decay, momentum=args.muon_momentum,
-                       update_smoothing=args.update_smoothing, rank=rank, world_size=world_size)
+        return tg.Muon(
+            params,
+            lr=args.muon_lr,
+            weight_decay=args.muon_weight_decay,
+            momentum=args.muon_momentum,
+            update_smoothing=args.update_smoothing,
+            rank=rank,
+            world_size=world_size,
+        )
     spec, settings = tg.MATRIX_OPTIMIZERS[name], tg.matrix_optimizer_info(args)["settings"]
-    return tg.MasterWeightMatrices(params, lambda tensors, lr: spec["make"](tensors, lr, settings, False),
-                                   rank=rank, world_size=world_size, lr=settings["lr"])
+    return tg.MasterWeightMatrices(
+        params,
+        lambda tensors, lr: spec["make"](tensors, lr, settings, False),
+        rank=rank,
+        world_size=world_size,
+        lr=settings["lr"],
+    )
 
 
 def make_params(dtype=torch.bfloat16, seed=0):
@@ -57,10 +70,16 @@ def shampoo_reference(w0, grads, lr, b1, b2, eps, wd, freq, block, g2, geps):
     m, v = torch.zeros_like(w), torch.zeros_like(w)
     rows = list(range(0, w.size(0), block))
     cols = list(range(0, w.size(1), block))
-    L = {(i, j): torch.zeros(min(block, w.size(0) - i), min(block, w.size(0) - i), dtype=torch.float64)
-         for i in rows for j in cols}
-    R = {(i, j): torch.zeros(min(block, w.size(1) - j), min(block, w.size(1) - j), dtype=torch.float64)
-         for i in rows for j in cols}
+    L = {
+        (i, j): torch.zeros(min(block, w.size(0) - i), min(block, w.size(0) - i), dtype=torch.float64)
+        for i in rows
+        for j in cols
+    }
+    R = {
+        (i, j): torch.zeros(min(block, w.size(1) - j), min(block, w.size(1) - j), dtype=torch.float64)
+        for i in rows
+        for j in cols
+    }
     roots = {}
 
     def inv4(A):
@@ -71,10 +90,10 @@ def shampoo_reference(w0, grads, lr, b1, b2, eps, wd, freq, block, g2, geps):
         g = g.double()
         m = b1 * m + (1 - b1) * g
         v = g2 * v + (1 - g2) * g * g
-        M = m / (1 - b1 ** t)
-        A = M / (torch.sqrt(v / (1 - g2 ** t)) + geps)
+        M = m / (1 - b1**t)
+        A = M / (torch.sqrt(v / (1 - g2**t)) + geps)
         step = torch.zeros_like(w)
-        for (i, j) in L:
+        for i, j in L:
             sl = (slice(i, i + block), slice(j, j + block))
             gb = g[sl]
             L[i, j] = b2 * L[i, j] + (1 - b2) * gb @ gb.T
@@ -96,8 +115,17 @@ def test_shampoo_is_its_algorithm():
     grads = [torch.randn(6, 10) for _ in range(7)]
     settings = dict(lr=0.01, b1=0.9, b2=0.95, eps=1e-6, wd=0.1, freq=2, block=4, g2=0.95, geps=1e-8)
     p = torch.nn.Parameter(w0.clone())
-    opt = tg.Shampoo([p], lr=0.01, betas=(0.9, 0.95), epsilon=1e-6, weight_decay=0.1, precondition_frequency=2,
-                     max_preconditioner_dim=4, graft_beta2=0.95, graft_eps=1e-8)
+    opt = tg.Shampoo(
+        [p],
+        lr=0.01,
+        betas=(0.9, 0.95),
+        epsilon=1e-6,
+        weight_decay=0.1,
+        precondition_frequency=2,
+        max_preconditioner_dim=4,
+        graft_beta2=0.95,
+        graft_eps=1e-8,
+    )
     assert len(opt.state[p] or []) == 0
     for g in grads:
         p.grad = g.clone()
@@ -106,7 +134,7 @@ def test_shampoo_is_its_algorithm():
     want = shampoo_reference(w0, grads, **settings)
     torch.testing.assert_close(p.detach().double(), want, rtol=0, atol=1e-5)
     # preconditioning changed the steps: plain grafting (Adam) alone is far from it
-    adam_like = shampoo_reference(w0, grads, **{**settings, "freq": 10 ** 6})
+    adam_like = shampoo_reference(w0, grads, **{**settings, "freq": 10**6})
     assert (adam_like - want).abs().max() > 1e-3
 
 
@@ -114,15 +142,30 @@ def test_published_settings_are_optimizers_md():
     """optimizers.md, section 1 (an optimizer comparison, not the record: weight decay 0 everywhere)."""
     s = {name: spec["settings"] for name, spec in tg.MATRIX_OPTIMIZERS.items()}
     assert s["adam"] == dict(lr=0.0018, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
-    assert s["shampoo"] == dict(lr=0.0018, betas=(0.95, 0.95), eps=1e-12, weight_decay=0.0, precondition_frequency=10,
-                                max_preconditioner_dim=8192, graft_beta2=0.95, graft_eps=1e-8)
+    assert s["shampoo"] == dict(
+        lr=0.0018,
+        betas=(0.95, 0.95),
+        eps=1e-12,
+        weight_decay=0.0,
+        precondition_frequency=10,
+        max_preconditioner_dim=8192,
+        graft_beta2=0.95,
+        graft_eps=1e-8,
+    )
     assert s["soap"] == dict(lr=0.0018, betas=(0.95, 0.95), eps=1e-8, weight_decay=0.0, precondition_frequency=10)
     assert tg.MATRIX_OPTIMIZERS["soap"]["library"] == "pytorch-optimizer"
 
 
 def test_overrides_resolve_and_wrong_ones_are_named():
-    args = tg.parse_args(["--preset=tiny", "--matrix_optimizer=shampoo", "--matrix_lr=0.003",
-                          "--matrix_betas=0.9,0.99", "--matrix_precondition_frequency=3"])
+    args = tg.parse_args(
+        [
+            "--preset=tiny",
+            "--matrix_optimizer=shampoo",
+            "--matrix_lr=0.003",
+            "--matrix_betas=0.9,0.99",
+            "--matrix_precondition_frequency=3",
+        ]
+    )
     info = tg.matrix_optimizer_info(args)
     assert info["settings"]["lr"] == 0.003 and info["settings"]["betas"] == (0.9, 0.99)
     assert info["settings"]["precondition_frequency"] == 3 and info["settings"]["eps"] == 1e-12
@@ -133,7 +176,7 @@ def test_overrides_resolve_and_wrong_ones_are_named():
         (["--matrix_optimizer=adam", "--matrix_precondition_frequency=3"], "adam has no such setting"),
         (["--matrix_optimizer=lion"], "expected one of muon, adam, shampoo, soap"),
         (["--matrix_optimizer=adam", "--matrix_lr=-1"], "must be 0 or more"),
-        (["--matrix_optimizer=adam", "--matrix_betas=0.9,1.0"], "each in \[0, 1\)"),
+        (["--matrix_optimizer=adam", "--matrix_betas=0.9,1.0"], r"each in \[0, 1\)"),
         (["--matrix_optimizer=shampoo", "--matrix_precondition_frequency=0"], "must be at least 1"),
         (["--matrix_optimizer=soap", "--matrix_betas=0.9"], "expected 2 comma-separated values"),
     ]:
@@ -192,7 +235,7 @@ def test_small_updates_accumulate_as_in_fp32(name):
         master = tg.master_weight(p16.detach(), opt16.state[p16]["mantissa"])
         torch.testing.assert_close(master, p32.detach(), rtol=0, atol=1e-3 * moved)
         # and the bf16 parameter is the truncation of that master (one bf16 ulp from fp32 at most)
-        assert (p16.detach().float() - p32.detach()).abs().max() <= 2 ** -7 * p32.detach().abs().max() + 1e-6
+        assert (p16.detach().float() - p32.detach()).abs().max() <= 2**-7 * p32.detach().abs().max() + 1e-6
 
 
 @pytest.mark.parametrize("name", CHOICES)
@@ -219,8 +262,17 @@ def test_state_round_trip_continues_identically(name):
 
 @pytest.mark.parametrize("name", CHOICES)
 def test_warmup_snapshot_restores_every_choice(name):
-    args = tg.parse_args(["--preset=tiny", f"--matrix_optimizer={name}", "--compile=false", "--model_dim=64",
-                          "--num_heads=1", "--head_dim=64", "--train_seq_len=256"])
+    args = tg.parse_args(
+        [
+            "--preset=tiny",
+            f"--matrix_optimizer={name}",
+            "--compile=false",
+            "--model_dim=64",
+            "--num_heads=1",
+            "--head_dim=64",
+            "--train_seq_len=256",
+        ]
+    )
     torch.manual_seed(0)
     model = tg.build_model(args, "dense")
     adam, hidden, snoo = tg.build_optimizers(model, args)
@@ -276,8 +328,9 @@ def test_two_processes_update_what_one_does(tmp_path, name):
     """Each matrix is updated by one rank and all-gathered: the same arithmetic as one process, exactly."""
     params = make_params()
     one = run_steps(build(name, params), params, range(4))
-    mp.start_processes(_rank_main, args=(2, tmp_path / "init", name, tmp_path / "two.pt"), nprocs=2,
-                       start_method="fork")
+    mp.start_processes(
+        _rank_main, args=(2, tmp_path / "init", name, tmp_path / "two.pt"), nprocs=2, start_method="fork"
+    )
     two = torch.load(tmp_path / "two.pt")
     for a, b in zip(one, two):
         assert torch.equal(a, b)

@@ -10,6 +10,7 @@ such a copy. Figures that record.md does not state but that follow from its numb
 Each section's pins are a check_*(script) function, run here on train_gpt and in the last section on
 the changed copy.
 """
+
 import ast
 import importlib.util
 import re
@@ -19,15 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import train_gpt as tg
-
 from test_config import check_every_field_has_a_command_line
 from test_data import check_download_hint
 from test_kernels import BF16_BAND_MARGIN, band_check, coefficient_band, randn
-from test_model import (check_forward_matches_the_reference, check_model_structure, check_value_embedding_layout,
-                        perturbed_model)
+from test_model import (
+    check_forward_matches_the_reference,
+    check_model_structure,
+    check_value_embedding_layout,
+    perturbed_model,
+)
 from test_optim import check_optimizer_groups, check_schedules
+
+import train_gpt as tg
 
 # -----------------------------------------------------------------------------------------------------
 # hyperparameters: the defaults are the record
@@ -168,8 +172,16 @@ def test_model_is_the_record():
 def test_scalars_start_as_the_record():
     """[16 skip weights = 1 | 16 x (1, 0, 0) block lambdas | 16 x (0.5, 0.5) attention lambdas],
     on a model of the record's structure at a tiny width."""
-    model = tg.GPT(vocab_size=64, num_layers=16, num_heads=1, head_dim=8, model_dim=8, mlp_ratio=4,
-                   max_seq_len=128, attention="dense")
+    model = tg.GPT(
+        vocab_size=64,
+        num_layers=16,
+        num_heads=1,
+        head_dim=8,
+        model_dim=8,
+        mlp_ratio=4,
+        max_seq_len=128,
+        attention="dense",
+    )
     s = model.scalars.detach()
     assert s.shape == (96,)
     assert torch.equal(s[:16], torch.ones(16))
@@ -238,11 +250,15 @@ def test_newton_schulz_band_is_the_records():
     assert in_band.max().item() <= RECORD_NS_BAND[1] + BF16_BAND_MARGIN and top <= RECORD_NS_PEAK + BF16_BAND_MARGIN
 
 
-@pytest.mark.parametrize("coeffs", [
-    ((3.4445, -4.7750, 2.0315),) * 5,  # the original Muon quintic: band about [0.68, 1.13]
-    tg.NS_COEFFS[:4],  # the record's first four steps: [0.92, 1.15]
-    tg.NS_COEFFS[:4] + ((2.8866, -3.0525, 1.2012),),  # last a + 0.05: [1.03, 1.09]
-], ids=["original Muon", "four steps", "last a + 0.05"])
+@pytest.mark.parametrize(
+    "coeffs",
+    [
+        ((3.4445, -4.7750, 2.0315),) * 5,  # the original Muon quintic: band about [0.68, 1.13]
+        tg.NS_COEFFS[:4],  # the record's first four steps: [0.92, 1.15]
+        tg.NS_COEFFS[:4] + ((2.8866, -3.0525, 1.2012),),  # last a + 0.05: [1.03, 1.09]
+    ],
+    ids=["original Muon", "four steps", "last a + 0.05"],
+)
 def test_the_band_tells_the_records_coefficients_from_others(monkeypatch, coeffs):
     monkeypatch.setattr(tg, "NS_COEFFS", coeffs)
     in_band, _, _ = band_check(randn(128, 512, seed=0))
@@ -307,8 +323,10 @@ def test_data_needs_are_the_record(tmp_path):
 
 def check_log_lines(script):
     # the final validation line of the record's published log
-    assert script.format_val_line(5590, 5590, 2.9191612, 1404459.4) == \
-        "step:5590/5590 val_loss:2.919161 train_time:1404459ms step_avg:251.24ms"
+    assert (
+        script.format_val_line(5590, 5590, 2.9191612, 1404459.4)
+        == "step:5590/5590 val_loss:2.919161 train_time:1404459ms step_avg:251.24ms"
+    )
 
 
 def test_log_lines_are_the_records():
@@ -320,8 +338,9 @@ def test_log_lines_are_the_records():
 
 # Hyperparameters defaults and layer-structure constants of a would-be record attempt.
 CHANGED_DEFAULTS = dict(num_iterations=4000, muon_lr=0.04, adam_embed_lr=0.2, muon_momentum_warmup_steps=200)
-CHANGED_CONSTANTS = dict(NUM_VALUE_EMBEDS="3", NO_ATTENTION_BLOCK="6", UNET_SKIPS="{8: 7, 12: 3}",
-                         LONG_WINDOW_BLOCKS="(0, 8, 15)")
+CHANGED_CONSTANTS = dict(
+    NUM_VALUE_EMBEDS="3", NO_ATTENTION_BLOCK="6", UNET_SKIPS="{8: 7, 12: 3}", LONG_WINDOW_BLOCKS="(0, 8, 15)"
+)
 
 
 def changed_source(source: str) -> str:

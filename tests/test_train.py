@@ -1,5 +1,6 @@
 """End to end: the script as a user runs it, on CPU, one and two processes. Expected figures come
 from the script (the tiny preset, its model, its constants), not from the record."""
+
 import json
 import math
 import os
@@ -11,21 +12,30 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, TINY_TRAIN_SHARD_TOKENS, TINY_TRAIN_SHARDS, cpu_env, synthetic_tokens, write_test_shard
 
 import train_gpt as tg
-
-from conftest import REPO, TINY_TRAIN_SHARD_TOKENS, TINY_TRAIN_SHARDS, cpu_env, synthetic_tokens, write_test_shard
 
 TINY = tg.parse_args(["--preset=tiny"])
 TINY_STEP_TOKENS = TINY.seqs_per_step * TINY.train_seq_len
 # steps one tiny_data train shard holds: one at pos = 0, step, 2 step, ... while pos + step + 1 < length
-STEPS_PER_TINY_SHARD = sum(1 for pos in range(0, TINY_TRAIN_SHARD_TOKENS, TINY_STEP_TOKENS)
-                           if pos + TINY_STEP_TOKENS + 1 < TINY_TRAIN_SHARD_TOKENS)
+STEPS_PER_TINY_SHARD = sum(
+    1
+    for pos in range(0, TINY_TRAIN_SHARD_TOKENS, TINY_STEP_TOKENS)
+    if pos + TINY_STEP_TOKENS + 1 < TINY_TRAIN_SHARD_TOKENS
+)
 
 # The tiny preset made smaller still, for the runs that test the training loop rather than learning
 # (about 1 s per step on 2 CPU cores): one 64-wide head, 256-token sequences, two blocks of window.
-SMALL = ["--model_dim=64", "--num_heads=1", "--head_dim=64", "--train_seq_len=256", "--val_seq_len=256",
-         "--val_tokens=512", "--max_window_tokens=256"]
+SMALL = [
+    "--model_dim=64",
+    "--num_heads=1",
+    "--head_dim=64",
+    "--train_seq_len=256",
+    "--val_seq_len=256",
+    "--val_tokens=512",
+    "--max_window_tokens=256",
+]
 
 VAL_LINE = re.compile(r"^step:(\d+)/(\d+) val_loss:(\d+\.\d{6}) train_time:(\d+)ms step_avg:(\d+\.\d{2})ms$")
 TRAIN_LINE = re.compile(r"^step:(\d+)/(\d+) train_time:(\d+)ms step_avg:(\d+\.\d{2})ms$")
@@ -36,20 +46,44 @@ def train_command(tmp_path, data, *argv, nproc=1):
     tmp_path.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO / "train_gpt.py")]
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(REPO / "train_gpt.py")]
-    return [*cmd, "--preset=tiny", f"--train_files={train}", f"--val_files={val}",
-            f"--records_dir={tmp_path / 'records'}", *argv]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(REPO / "train_gpt.py"),
+        ]
+    return [
+        *cmd,
+        "--preset=tiny",
+        f"--train_files={train}",
+        f"--val_files={val}",
+        f"--records_dir={tmp_path / 'records'}",
+        *argv,
+    ]
 
 
 def run_train(tmp_path, data, *argv, nproc=1, timeout=300):
-    return subprocess.run(train_command(tmp_path, data, *argv, nproc=nproc), cwd=tmp_path, env=cpu_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        train_command(tmp_path, data, *argv, nproc=nproc),
+        cwd=tmp_path,
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_resume(tmp_path, checkpoint, *argv, timeout=300):
-    return subprocess.run([sys.executable, str(REPO / "train_gpt.py"), f"--resume={checkpoint}", *argv],
-                          cwd=tmp_path, env=cpu_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train_gpt.py"), f"--resume={checkpoint}", *argv],
+        cwd=tmp_path,
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_for_line(path, pattern, proc, timeout=240):
@@ -79,8 +113,14 @@ def tiny_run(tmp_path_factory):
     write_test_shard(tmp_path / "val_000000.bin", synthetic_tokens(20_000, seed=1))
     for i in range(1, TINY_TRAIN_SHARDS + 1):
         write_test_shard(tmp_path / f"train_{i:06d}.bin", synthetic_tokens(TINY_TRAIN_SHARD_TOKENS, seed=10 + i))
-    out = run_train(tmp_path, (tmp_path / train, tmp_path / val), *SMALL, "--num_iterations=16", "--val_loss_every=8",
-                    "--record=e2e")
+    out = run_train(
+        tmp_path,
+        (tmp_path / train, tmp_path / val),
+        *SMALL,
+        "--num_iterations=16",
+        "--val_loss_every=8",
+        "--record=e2e",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp_path, out
 
@@ -100,8 +140,8 @@ def test_tiny_run_end_to_end(tiny_run):
         tiny_model = tg.build_model(tg.parse_args(["--preset=tiny", *SMALL]), attention="dense")
     assert f"parameters: {sum(p.numel() for p in tiny_model.parameters()):,}" in rest
     lines = rest.splitlines()
-    vals = [VAL_LINE.match(l) for l in lines if VAL_LINE.match(l)]
-    trains = [TRAIN_LINE.match(l) for l in lines if TRAIN_LINE.match(l)]
+    vals = [VAL_LINE.match(line) for line in lines if VAL_LINE.match(line)]
+    trains = [TRAIN_LINE.match(line) for line in lines if TRAIN_LINE.match(line)]
     assert [int(m[1]) for m in vals] == [0, 8, 16] and all(int(m[2]) == 16 for m in vals)
     assert [int(m[1]) for m in trains] == list(range(1, 17))
     losses = [float(m[3]) for m in vals]
@@ -156,8 +196,17 @@ def test_too_few_tokens_fails_before_training(tmp_path, tiny_data):
 
 
 def test_divergence_stops_the_run(tmp_path, tiny_data):
-    out = run_train(tmp_path, tiny_data, *SMALL, "--num_iterations=30", "--val_loss_every=0", "--warmup_steps=0",
-                    "--seed=1", "--adam_scalar_lr=1e30", "--compile=false")
+    out = run_train(
+        tmp_path,
+        tiny_data,
+        *SMALL,
+        "--num_iterations=30",
+        "--val_loss_every=0",
+        "--warmup_steps=0",
+        "--seed=1",
+        "--adam_scalar_lr=1e30",
+        "--compile=false",
+    )
     assert out.returncode == 3
     txt, summary = run_files(tmp_path)
     last = txt.read_text().splitlines()[-1]
@@ -168,10 +217,12 @@ def test_divergence_stops_the_run(tmp_path, tiny_data):
 
 def write_hellaswag(path):
     """Four tokenized HellaSwag examples (the format evals/hellaswag.py writes)."""
-    examples = [dict(context=[5, 6, 7], endings=[[1, 2], [3], [4, 4, 4], [9]], label=1),
-                dict(context=[8] * 40, endings=[[1] * 20, [2], [3, 3], [4]], label=0),
-                dict(context=[11, 12], endings=[[13], [14], [15], [16, 17]], label=3),
-                dict(context=[21] * 9, endings=[[22], [23, 24], [25], [26]], label=2)]
+    examples = [
+        dict(context=[5, 6, 7], endings=[[1, 2], [3], [4, 4, 4], [9]], label=1),
+        dict(context=[8] * 40, endings=[[1] * 20, [2], [3, 3], [4]], label=0),
+        dict(context=[11, 12], endings=[[13], [14], [15], [16, 17]], label=3),
+        dict(context=[21] * 9, endings=[[22], [23, 24], [25], [26]], label=2),
+    ]
     path.write_text("".join(json.dumps(e) + "\n" for e in examples))
     return path
 
@@ -213,14 +264,25 @@ def resume_runs(tmp_path_factory):
         write_test_shard(root / f"train_{i:06d}.bin", synthetic_tokens(TINY_TRAIN_SHARD_TOKENS, seed=10 + i))
     data = (root / "train_*.bin", root / "val_*.bin")
     hellaswag = write_hellaswag(root / "hellaswag.tokens.jsonl")
-    common = [*SMALL, "--num_iterations=8", "--val_loss_every=2", "--warmup_steps=2", "--snoo_k=2", "--seed=3",
-              "--save_checkpoint=true"]
+    common = [
+        *SMALL,
+        "--num_iterations=8",
+        "--val_loss_every=2",
+        "--warmup_steps=2",
+        "--snoo_k=2",
+        "--seed=3",
+        "--save_checkpoint=true",
+    ]
     extras = ["--log_weight_drift=true", "--hellaswag=true", f"--hellaswag_file={hellaswag}"]
     runs = dict(root=root, data=data)
     runs["A"] = run_train(root / "A", data, *common, *extras)
     folder = root / "B" / "records" / TINY.record
-    runs["B_stopped"] = stop_with_sigterm(train_command(root / "B", data, *common, *extras, "--checkpoint_every=3"),
-                                          root, folder / "*.txt", r"^step:4/8 train_time")
+    runs["B_stopped"] = stop_with_sigterm(
+        train_command(root / "B", data, *common, *extras, "--checkpoint_every=3"),
+        root,
+        folder / "*.txt",
+        r"^step:4/8 train_time",
+    )
     (checkpoint,) = folder.glob("*.resume.pt")
     runs["B_checkpoint"] = root / "B.resume.pt"  # a copy: a finished run removes its own
     runs["B_checkpoint"].write_bytes(checkpoint.read_bytes())
@@ -229,8 +291,12 @@ def resume_runs(tmp_path_factory):
     runs["B"] = run_resume(root / "B", checkpoint)
     runs["B_left"] = sorted(p.name for p in folder.iterdir())
     folder = root / "C" / "records" / TINY.record
-    runs["C_stopped"] = stop_with_sigterm(train_command(root / "C", data, *common, "--checkpoint_every=4", nproc=2),
-                                          root, folder / "*.txt", r"^checkpoint at step 4: ")
+    runs["C_stopped"] = stop_with_sigterm(
+        train_command(root / "C", data, *common, "--checkpoint_every=4", nproc=2),
+        root,
+        folder / "*.txt",
+        r"^checkpoint at step 4: ",
+    )
     (runs["C_checkpoint"],) = folder.glob("*.resume.pt")
     runs["D"] = run_resume(root / "C", runs["C_checkpoint"], f"--records_dir={root / 'D' / 'records'}")
     for name in ("A", "B", "D"):
@@ -250,14 +316,23 @@ def test_sigterm_stops_after_a_whole_step_and_saves_a_last_checkpoint(resume_run
     step = int(re.fullmatch(r"INTERRUPTED by SIGTERM after step (\d+); run stopped\.", lines[stop])[1])
     assert 4 <= step < 8 and TRAIN_LINE.match(lines[stop - 1])[1] == str(step)
     # the record says "interrupted" first; then the last checkpoint, off the clock
-    assert re.fullmatch(rf"checkpoint at step {step}: .*\.resume\.pt \([\d.]+ GiB in [\d.]+s; not on the clock\)",
-                        lines[stop + 1]) and stop + 2 == len(lines)
+    assert re.fullmatch(
+        rf"checkpoint at step {step}: .*\.resume\.pt \([\d.]+ GiB in [\d.]+s; not on the clock\)", lines[stop + 1]
+    ) and stop + 2 == len(lines)
     summary = resume_runs["B_summary_at_stop"]
     assert summary["status"] == "interrupted" and summary["steps_done"] == step
     ckpt = torch.load(resume_runs["B_checkpoint"], weights_only=True)
     assert ckpt["step"] == step and ckpt["world_size"] == 1
-    assert {"model", "optimizers", "snoo", "rng", "data_position", "train_time_ms", "hyperparameters",
-            "run_id"} <= ckpt.keys()
+    assert {
+        "model",
+        "optimizers",
+        "snoo",
+        "rng",
+        "data_position",
+        "train_time_ms",
+        "hyperparameters",
+        "run_id",
+    } <= ckpt.keys()
 
 
 def test_resumed_run_equals_the_uninterrupted_run(resume_runs):
@@ -318,17 +393,21 @@ def test_diagnostics_reach_the_log_and_the_summary(resume_runs):
     assert hs["n"] == 4 and 0 <= hs["acc"] <= 1 and 0 <= hs["acc_norm"] <= 1
     assert re.search(r"^hellaswag: acc \d\.\d{4} acc_norm \d\.\d{4} \(n=4, ", text, re.M)
     # the record's log has none of these lines
-    after_source = next((resume_runs["root"] / "C" / "records" / TINY.record).glob("*.txt")).read_text().split(
-        tg.LOG_RULE, 1)[1]
+    after_source = (
+        next((resume_runs["root"] / "C" / "records" / TINY.record).glob("*.txt")).read_text().split(tg.LOG_RULE, 1)[1]
+    )
     assert "weight drift" not in after_source and "hellaswag:" not in after_source
 
 
-@pytest.mark.parametrize("argv, field", [
-    (["--model_dim=128"], "--model_dim=128 (the checkpoint's run: 64)"),
-    (["--muon_lr=0.05"], "--muon_lr=0.05 (the checkpoint's run: 0.03)"),
-    (["--num_iterations=9"], "--num_iterations=9 (the checkpoint's run: 8)"),
-    (["--matrix_optimizer=adam"], "--matrix_optimizer=adam (the checkpoint's run: muon)"),
-])
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["--model_dim=128"], "--model_dim=128 (the checkpoint's run: 64)"),
+        (["--muon_lr=0.05"], "--muon_lr=0.05 (the checkpoint's run: 0.03)"),
+        (["--num_iterations=9"], "--num_iterations=9 (the checkpoint's run: 8)"),
+        (["--matrix_optimizer=adam"], "--matrix_optimizer=adam (the checkpoint's run: muon)"),
+    ],
+)
 def test_resume_refuses_other_math(resume_runs, argv, field):
     with pytest.raises(tg.UserError, match="the checkpoint's run has other settings") as e:
         tg.parse_args([f"--resume={resume_runs['B_checkpoint']}", *argv])
@@ -390,9 +469,14 @@ def test_checkpoints_are_written_atomically_and_loaded_weights_only(tmp_path, mo
 
 
 def test_ctrl_c_ends_the_run_with_a_true_record(tmp_path, tiny_data):
-    proc = subprocess.Popen(train_command(tmp_path, tiny_data, *SMALL, "--num_iterations=60", "--val_loss_every=0",
-                                          "--warmup_steps=0"), cwd=tmp_path, env=cpu_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_command(tmp_path, tiny_data, *SMALL, "--num_iterations=60", "--val_loss_every=0", "--warmup_steps=0"),
+        cwd=tmp_path,
+        env=cpu_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     txt = wait_for_line(tmp_path / "records" / TINY.record / "*.txt", r"^step:2/60 train_time", proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -411,8 +495,17 @@ def test_sigterm_during_startup_and_on_every_rank(tmp_path, tiny_data):
     env = {k: v for k, v in cpu_env().items() if k != "OMP_NUM_THREADS"}
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), WORLD_SIZE="2")
     cmd = train_command(tmp_path, tiny_data, *SMALL, "--num_iterations=4", "--warmup_steps=200")
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     txt = wait_for_line(tmp_path / "records" / TINY.record / "*.txt", r"^newton_schulz: ", procs[0])
     time.sleep(1)  # into the warmup
     for p in procs:
@@ -427,10 +520,11 @@ def test_sigterm_during_startup_and_on_every_rank(tmp_path, tiny_data):
 
 
 def test_startup_errors_come_before_any_file(tmp_path, tiny_data):
-    for argv, message in [(["--ns_impl=triton"], "--ns_impl=triton needs a CUDA GPU"),
-                          (["--hellaswag=true", f"--hellaswag_file={tmp_path / 'none.jsonl'}"],
-                           "python evals/hellaswag.py --prepare"),
-                          (["--resume=" + str(tmp_path / "none.pt")], "does not exist")]:
+    for argv, message in [
+        (["--ns_impl=triton"], "--ns_impl=triton needs a CUDA GPU"),
+        (["--hellaswag=true", f"--hellaswag_file={tmp_path / 'none.jsonl'}"], "python evals/hellaswag.py --prepare"),
+        (["--resume=" + str(tmp_path / "none.pt")], "does not exist"),
+    ]:
         out = run_train(tmp_path, tiny_data, *SMALL, "--num_iterations=4", *argv)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert not (tmp_path / "records").exists()
@@ -438,8 +532,16 @@ def test_startup_errors_come_before_any_file(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("name", list(tg.MATRIX_OPTIMIZERS))
 def test_every_matrix_optimizer_trains_and_is_logged(tmp_path, tiny_data, name):
-    out = run_train(tmp_path, tiny_data, *SMALL, f"--matrix_optimizer={name}", "--matrix_lr=0.01",
-                    "--num_iterations=4", "--val_loss_every=2", "--warmup_steps=0")
+    out = run_train(
+        tmp_path,
+        tiny_data,
+        *SMALL,
+        f"--matrix_optimizer={name}",
+        "--matrix_lr=0.01",
+        "--num_iterations=4",
+        "--val_loss_every=2",
+        "--warmup_steps=0",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     txt, summary = run_files(tmp_path)
     losses = [float(v) for _, v in val_losses(txt)]
@@ -463,19 +565,37 @@ def test_record_configuration_on_one_gpu(tmp_path):
     val_tokens = defaults.seqs_per_step * defaults.val_seq_len  # one validation step
     vocab = defaults.vocab_size
     write_test_shard(tmp_path / "val_000000.bin", synthetic_tokens(val_tokens + 2, seed=1, doc_len=1000, vocab=vocab))
-    write_test_shard(tmp_path / "train_000001.bin",
-                     synthetic_tokens(steps * step_tokens + 2, seed=2, doc_len=1000, vocab=vocab))
+    write_test_shard(
+        tmp_path / "train_000001.bin", synthetic_tokens(steps * step_tokens + 2, seed=2, doc_len=1000, vocab=vocab)
+    )
     out = subprocess.run(
-        [sys.executable, str(REPO / "train_gpt.py"), f"--train_files={tmp_path}/train_*.bin",
-         f"--val_files={tmp_path}/val_*.bin", f"--val_tokens={val_tokens}", f"--num_iterations={steps}",
-         "--val_loss_every=0", "--warmup_steps=2", f"--records_dir={tmp_path / 'records'}"],
-        cwd=tmp_path, env=cpu_env(gpu=True), capture_output=True, text=True, timeout=3600)
+        [
+            sys.executable,
+            str(REPO / "train_gpt.py"),
+            f"--train_files={tmp_path}/train_*.bin",
+            f"--val_files={tmp_path}/val_*.bin",
+            f"--val_tokens={val_tokens}",
+            f"--num_iterations={steps}",
+            "--val_loss_every=0",
+            "--warmup_steps=2",
+            f"--records_dir={tmp_path / 'records'}",
+        ],
+        cwd=tmp_path,
+        env=cpu_env(gpu=True),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     txt, summary = run_files(tmp_path, defaults.record)
     assert summary["status"] == "finished" and 0 < summary["final_val_loss"] < 12
     assert summary["peak_memory_allocated_mib"] > 0
     text = txt.read_text()
     # --ns_impl=auto times both Newton-Schulz paths on a GPU and takes the faster
-    assert re.search(r"^newton_schulz: (triton|torch) \(--ns_impl=auto; one pass over the run's matrix shapes: "
-                     r"compiled torch [\d.]+ ms, triton [\d.]+ ms\)$", text, re.M), text[-3000:]
+    assert re.search(
+        r"^newton_schulz: (triton|torch) \(--ns_impl=auto; one pass over the run's matrix shapes: "
+        r"compiled torch [\d.]+ ms, triton [\d.]+ ms\)$",
+        text,
+        re.M,
+    ), text[-3000:]
     assert "kernel warmup: 2 steps" in text
