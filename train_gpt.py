@@ -8,17 +8,15 @@ Snoo" of 2025-09-30 (medium-track record 14): 5590 steps of 8 x 65,536 tokens on
     python train_gpt.py --preset=tiny                                  # a small model, CPU if no GPU
     python train_gpt.py --help                                         # every option and its default
 
-Sections: config, kernels, optimizers, model, data, logging, main().
+Sections: config, kernels, optimizers, model, data, logging, main(). What a default run does not need
+(other optimizers, checkpoints, HellaSwag) is in speedrun/, imported only when an option asks for it.
 """
 
-import contextlib
 import copy
 import datetime
 import difflib
 import glob
-import hashlib
-import importlib.metadata
-import io
+import importlib
 import json
 import math
 import os
@@ -33,7 +31,7 @@ import types
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Union, get_args, get_origin, get_type_hints
+from typing import get_args, get_origin, get_type_hints
 
 import torch
 import torch.distributed as dist
@@ -50,42 +48,6 @@ except ImportError:
 
 # -----------------------------------------------------------------------------------------------------
 # config
-
-# Token shards: 256 little-endian int32 of header, then `count` uint16 tokens.
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-SHARD_HEADER_INTS = 256
-SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
-FINEWEB_SHARD_TOKENS = 100_000_000  # every train shard of kjj0/fineweb10B-gpt2
-
-EOT_TOKEN = 50256  # <|endoftext|>: starts every document
-ATTN_BLOCK_SIZE = 128  # FlexAttention's block; windows and documents are handled per 128-token block
-VOCAB_MULTIPLE = 128  # the lm head's rows are rounded up to this for fast matmuls
-ATTN_SCALE = 0.12  # replaces 1/sqrt(head_dim) (@leloykun)
-INIT_GAIN = 0.5  # block matrices: uniform with std INIT_GAIN / sqrt(fan_in)
-LOGIT_SOFTCAP = 15.0
-ROPE_MIN_FREQ = 1 / 1024  # half-truncated RoPE frequencies span 1 .. 1/1024 (@YouJiacheng)
-EVAL_LOGIT_CHUNKS = 4  # eval computes the lm head in chunks to bound the logits' memory
-LOG_RULE = "=" * 100  # separates the log's source from its environment (the speedrun's layout)
-
-# The layer structure of the 16-layer record.
-RECORD_NUM_LAYERS = 16
-NUM_VALUE_EMBEDS = 5  # blocks 0-4 and 11-15 use value embeddings 0-4 (@YouJiacheng, 012...234)
-NO_ATTENTION_BLOCK = 7
-LONG_WINDOW_BLOCKS = (0, 4, 11, 15)  # all other blocks use half the window
-UNET_SKIPS = {9: 6, 10: 4, 11: 2}  # before block i add skip_weight[j] * output of block j
-LAMBDAS_PER_BLOCK = 3  # x = l0 * x + l1 * x00 + l2 * x01
-ATTN_LAMBDAS_PER_BLOCK = 2  # v = s0 * v + s1 * ve
-
-# Muon's Newton-Schulz: five quintic steps, one (a, b, c) per step, run in bf16.
-NS_COEFFS = (
-    (4.0848, -6.8946, 2.9270),
-    (3.9505, -6.3029, 2.6377),
-    (3.7418, -5.5913, 2.3037),
-    (2.8769, -3.1427, 1.2046),
-    (2.8366, -3.0525, 1.2012),
-)
-NS_EPS = 1e-7
 
 
 def hp(default, help: str):
@@ -123,14 +85,11 @@ class Hyperparameters:
     adam_beta2: float = hp(0.95, "AdamW beta2")
     adam_eps: float = hp(1e-10, "AdamW eps")
     adam_weight_decay: float = hp(0.0, "AdamW weight decay")
-    # Adam variants of the thesis notes in our sources (research): they apply to every Adam of the run, the
-    # record's AdamW and --matrix_optimizer=adam. At these defaults the run uses torch's fused AdamW.
+    # Research: Adam variants for every Adam of the run (speedrun/adam_variants.py; off: torch's fused AdamW)
     adam_bias_correction: bool = hp(True, "Adam's bias correction of both moments")
     adam_init: str = hp("zero", "Adam's moments start at zero | grad (the first gradient and its square)")
     adam_nested: bool = hp(False, "normalise the gradient by sqrt(v) + eps first, then average it (LaProp)")
-    adam_eps_max: Optional[float] = hp(
-        None, "eps schedule toward SGD-like steps: eps grows to this (none: no schedule)"
-    )
+    adam_eps_max: float | None = hp(None, "eps schedule toward SGD-like steps: eps grows to this (none: off)")
     adam_eps_start_frac: float = hp(0.5, "eps schedule: eps stays at its value until this fraction of training")
     adam_eps_end_frac: float = hp(0.9, "eps schedule: eps reaches adam_eps_max at this fraction of training")
     adam_eps_growth: float = hp(0.001, "eps schedule: exponential growth rate per step")
@@ -142,46 +101,41 @@ class Hyperparameters:
     muon_momentum_start: float = hp(0.85, "Muon momentum at step 0")
     muon_momentum_warmup_steps: int = hp(300, "steps of the linear momentum warmup")
     update_smoothing: float = hp(0.2, "beta of the EMA of Muon's updates (0: off)")
-    ns_impl: str = hp(
-        "auto", "Newton-Schulz: auto (on CUDA the faster of triton and torch, timed at startup) | triton | torch"
-    )
-    # Other optimizers of the hidden matrices (research; Muon above is the record). Each starts from the
-    # settings published in the optimizer comparison of our sources; "none" keeps a published value.
+    ns_impl: str = hp("auto", "Newton-Schulz: auto (on CUDA the faster, timed at startup) | triton | torch")
+    # Research: other optimizers of the hidden matrices (speedrun/matrix_optimizers.py), from their published
+    # settings; "none" keeps a published value
     matrix_optimizer: str = hp("muon", "optimizer of the hidden matrices: muon (the record) | adam | shampoo | soap")
-    matrix_lr: Optional[float] = hp(None, "lr of a non-Muon --matrix_optimizer (none: its published setting)")
-    matrix_betas: Optional[tuple[float, float]] = hp(None, "betas of a non-Muon --matrix_optimizer, e.g. 0.95,0.95")
-    matrix_eps: Optional[float] = hp(None, "epsilon of a non-Muon --matrix_optimizer")
-    matrix_weight_decay: Optional[float] = hp(
-        None, "decoupled weight decay (times lr) of a non-Muon --matrix_optimizer"
-    )
-    matrix_precondition_frequency: Optional[int] = hp(None, "steps between preconditioner updates (shampoo, soap)")
+    matrix_lr: float | None = hp(None, "lr of a non-Muon --matrix_optimizer (none: its published setting)")
+    matrix_betas: tuple[float, float] | None = hp(None, "betas of a non-Muon --matrix_optimizer, e.g. 0.95,0.95")
+    matrix_eps: float | None = hp(None, "epsilon of a non-Muon --matrix_optimizer")
+    matrix_weight_decay: float | None = hp(None, "decoupled weight decay (times lr) of a non-Muon optimizer")
+    matrix_precondition_frequency: int | None = hp(None, "steps between preconditioner updates (shampoo, soap)")
     # Snoo outer optimizer
     snoo_k: int = hp(28, "Snoo's outer step every k steps (0: Snoo off)")
     snoo_lr: float = hp(0.68, "Snoo's SGD lr")
     snoo_momentum: float = hp(0.37, "Snoo's SGD Nesterov momentum")
     # run
-    seed: Optional[int] = hp(None, "random seed (default: a fresh one, logged, so runs are independent)")
+    seed: int | None = hp(None, "random seed (default: a fresh one, logged, so runs are independent)")
     device: str = hp("auto", "auto | cuda | cpu (the record configuration needs --device=cpu to run on CPU)")
     compile: bool = hp(True, "torch.compile the model (CUDA) and Muon's update (every device)")
     coordinate_descent_tuning: bool = hp(True, "inductor coordinate-descent tuning (allowed on this track)")
     records_dir: str = hp("records", "where run logs go: <records_dir>/<record>/<run id>.txt and .json")
     record: str = hp("dev", "name of the folder of this batch of runs")
+    # speedrun/checkpoints.py, speedrun/hellaswag.py, speedrun/weight_drift.py
     checkpoint_every: int = hp(0, "save a checkpoint to --resume from every N steps and at Ctrl-C/SIGTERM (0: off)")
-    resume: Optional[str] = hp(None, "continue the run of this checkpoint: same run id, its log appended")
-    hellaswag: bool = hp(False, "score HellaSwag after the last validation, off the clock (see evals/)")
-    hellaswag_file: str = hp(
-        "data/hellaswag/hellaswag_val.tokens.jsonl",
-        "tokenized HellaSwag for --hellaswag (python evals/hellaswag.py --prepare)",
-    )
-    log_weight_drift: bool = hp(False, "log ||w - w0|| / ||w0|| and cos(w, w0) per parameter group at every validation")
+    resume: str | None = hp(None, "continue the run of this checkpoint: same run id, its log appended")
     save_checkpoint: bool = hp(False, "save the final weights to <records_dir>/<record>/<run id>.pt")
+    hellaswag: bool = hp(False, "score HellaSwag after the last validation, off the clock (see evals/)")
+    hellaswag_file: str = hp("data/hellaswag/hellaswag_val.tokens.jsonl", "tokenized HellaSwag for --hellaswag")
+    log_weight_drift: bool = hp(False, "log ||w - w0|| / ||w0|| and cos(w, w0) per parameter group at every validation")
     preset: str = hp("record", "record | tiny (16 small layers for CPU; applied before the other options)")
 
 
 PRESETS = {
     "record": {},
     # The record's structure (16 layers, value embeddings, skips, no attention in block 7, long/short
-    # windows) at width 128 and 512-token sequences: 1.3 s per step on 2 CPU cores (2026-11-25).
+    # windows) at width 128 and 512-token sequences, for CPU (seconds per step: README). Its momentum
+    # warmup is the record's share of the run (300 of 5590 steps is about 5%).
     "tiny": dict(
         train_files="data/sample/sample_train_*.bin",
         val_files="data/sample/sample_val_*.bin",
@@ -196,8 +150,9 @@ PRESETS = {
         num_heads=2,
         head_dim=64,
         model_dim=128,
+        muon_momentum_warmup_steps=10,
         record="tiny",
-    ),
+    ),  # fmt: skip
 }
 
 
@@ -211,289 +166,186 @@ def describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else 'no message'}"
 
 
-_SCALARS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+SCALAR_TYPES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 
 
-def field_type(typ) -> tuple[type, bool, Optional[int]]:
-    """(scalar type, may be None, tuple length or None) of a Hyperparameters field type. The command line
-    handles bool, int, float and str, Optional[...] of one, and tuples of one (tuple[float, float] or
-    tuple[float, ...], written a,b); any other type is a TypeError (tests walk every field)."""
-    optional = False
-    if get_origin(typ) in (Union, types.UnionType):  # Optional[X] or X | None
-        members = [t for t in get_args(typ) if t is not type(None)]
-        if len(members) != 1 or len(get_args(typ)) != 2:
-            raise TypeError(f"unsupported field type {typ}")
-        typ, optional = members[0], True
-    length = None
-    if get_origin(typ) is tuple:
-        members = get_args(typ)
-        if len(members) == 2 and members[1] is Ellipsis:
-            members = members[:1]
-            length = -1
-        else:
-            length = len(members)
-        if len(set(members)) != 1:
-            raise TypeError(f"unsupported field type {typ}: a tuple of one scalar type")
-        typ = members[0]
-    if typ not in _SCALARS:
+def field_type(typ) -> tuple[type, bool, int | None]:
+    """(scalar type, may be None, tuple length or None) of a field: bool, int, float or str, a tuple of
+    one of them (tuple[float, float]), and `X | None` of either. Any other type is a TypeError."""
+    optional = get_origin(typ) is types.UnionType and type(None) in get_args(typ) and len(get_args(typ)) == 2
+    if optional:
+        typ = next(t for t in get_args(typ) if t is not type(None))
+    members = get_args(typ) if get_origin(typ) is tuple else (typ,)
+    if len(set(members)) != 1 or members[0] not in SCALAR_TYPES:
         raise TypeError(f"unsupported field type {typ}")
-    return typ, optional, length
+    return members[0], optional, len(members) if get_origin(typ) is tuple else None
 
 
 def format_value(value) -> str:
     """A value as the command line writes it (the inverse of parse_value)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
     if isinstance(value, tuple):
         return ",".join(map(format_value, value))
-    return str(value)
-
-
-def describe_type(typ) -> str:
-    base, optional, length = field_type(typ)
-    text = (
-        base.__name__
-        if length is None
-        else ",".join([base.__name__] * max(length, 1)) + (",..." if length == -1 else "")
-    )
-    return text + (" or none" if optional else "")
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def parse_value(name: str, text: str, typ):
     base, optional, length = field_type(typ)
-    if optional and text.lower() in ("none", ""):
+    if optional and text == "none":
         return None
-
-    def scalar(item: str):
-        if base is bool:
-            if item.lower() in _TRUE + _FALSE:
-                return item.lower() in _TRUE
-            raise ValueError
-        value = base(item)
-        if base is float and not math.isfinite(value):
-            raise ValueError
-        return value
-
+    items = text.split(",") if length else [text]
     try:
-        if length is None:
-            return scalar(text)
-        items = tuple(scalar(item.strip()) for item in text.split(","))
-        if length != -1 and len(items) != length:
+        if len(items) != (length or 1) or base is bool and any(i not in ("true", "false") for i in items):
             raise ValueError
-        return items
+        values = tuple(i == "true" if base is bool else base(i) for i in items)
+        if base is float and not all(map(math.isfinite, values)):
+            raise ValueError
     except ValueError:
-        kind = (
-            _SCALARS[base]
-            if length is None
-            else (f"{length if length != -1 else 'one or more'} comma-separated values, each {_SCALARS[base]}")
-        )
+        kind = SCALAR_TYPES[base] if not length else f"{length} comma-separated values, each {SCALAR_TYPES[base]}"
         raise UserError(f"option --{name}={text!r}: expected {kind}{' (or none)' if optional else ''}.") from None
+    return values if length else values[0]
 
 
-def parse_pairs(argv: list[str]) -> list[tuple[str, str]]:
-    """[(name, text)] of --name=value (or --name value) options, each name a field."""
-    types = get_type_hints(Hyperparameters)
-    pairs = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise UserError(f"unexpected argument {arg!r}: options look like --name=value (see --help).")
-        name, eq, value = arg[2:].partition("=")
-        if name not in types:
-            close = difflib.get_close_matches(name, types, n=1)
-            hint = f" Did you mean --{close[0]}?" if close else ""
-            raise UserError(f"unknown option --{name}.{hint} Run `python train_gpt.py --help` for the list.")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise UserError(f"option --{name} needs a value: --{name}=VALUE.")
-            i += 1
-            value = argv[i]
-        pairs.append((name, value))
-        i += 1
-    return pairs
+def typed_options(pairs: list[tuple[str, str]]) -> list[tuple[str, object]]:
+    """(name, value) of --name=value options; an unknown name is an error that suggests the closest."""
+    hints = get_type_hints(Hyperparameters)
+    for name, _ in pairs:
+        if name not in hints:
+            close = difflib.get_close_matches(name, hints, n=1)
+            raise UserError(
+                f"unknown option --{name}.{f' Did you mean --{close[0]}?' if close else ''} "
+                f"Run `python train_gpt.py --help` for the list."
+            )
+    return [(name, parse_value(name, text, hints[name])) for name, text in pairs]
 
 
 def parse_args(argv: list[str]) -> Hyperparameters:
-    """Every field can be set as --name=value; --preset applies first, then the rest in order. With
-    --resume the checkpoint's hyperparameters apply first instead (see resume_args)."""
-    types = get_type_hints(Hyperparameters)
-    pairs = parse_pairs(argv)
-    resume = parse_value("resume", next((v for n, v in reversed(pairs) if n == "resume"), "none"), Optional[str])
+    """--name=value for every field; --preset applies first, then the rest in order. With --resume the
+    checkpoint's hyperparameters apply first instead (speedrun/checkpoints.py)."""
+    pairs = []
+    for arg in argv:
+        name, eq, text = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not eq:
+            raise UserError(f"argument {arg!r}: options are written --name=value (see --help).")
+        pairs.append((name, text))
+    options = typed_options(pairs)
+    resume = dict(options).get("resume")
     if resume:
-        return resume_args(resume, pairs)
-    preset = next((v for n, v in reversed(pairs) if n == "preset"), "record")
-    if preset not in PRESETS:
-        raise UserError(f"option --preset={preset!r}: expected one of {', '.join(PRESETS)}.")
-    args = Hyperparameters(**PRESETS[preset], preset=preset)
-    for name, value in pairs:
-        setattr(args, name, parse_value(name, value, types[name]))
-    validate_args(args)
-    return args
-
-
-# What a resumed run may change: where it logs and checkpoints, what it reports, and how it computes (the
-# device, compilation, the Newton-Schulz implementation: rounding only, as the world size).
-# Data paths may change too (another machine): the resumed run checks that the shards are the same.
-RESUME_MAY_CHANGE = (
-    "records_dir",
-    "record",
-    "checkpoint_every",
-    "resume",
-    "save_checkpoint",
-    "hellaswag",
-    "hellaswag_file",
-    "device",
-    "compile",
-    "coordinate_descent_tuning",
-    "ns_impl",
-    "warmup_steps",
-    "train_files",
-    "val_files",
-)
-
-
-def resume_args(path: str, pairs: list[tuple[str, str]]) -> Hyperparameters:
-    """The hyperparameters of the checkpoint's run. Options on the command line must agree with them,
-    except RESUME_MAY_CHANGE: a resumed run computes what the interrupted one would have."""
-    types = get_type_hints(Hyperparameters)
-    ckpt = read_checkpoint(path)
-    if "optimizers" not in ckpt:
-        raise UserError(
-            f"--resume={path}: the checkpoint holds the final weights only (--save_checkpoint), not "
-            f"the state a run continues from; resume from a <run id>.resume.pt of --checkpoint_every."
-        )
-    args = hyperparameters_from(ckpt["hyperparameters"], path)
-    differing = []
-    for name, text in pairs:
-        value = parse_value(name, text, types[name])
-        if name in RESUME_MAY_CHANGE:
+        args = extension("checkpoints", "--resume").resume_args(resume, pairs)
+    else:
+        preset = dict(options).get("preset", "record")
+        if preset not in PRESETS:
+            raise UserError(f"option --preset={preset!r}: expected one of {', '.join(PRESETS)}.")
+        args = Hyperparameters(**PRESETS[preset], preset=preset)
+        for name, value in options:
             setattr(args, name, value)
-        elif value != getattr(args, name):
-            differing.append(f"--{name}={text} (the checkpoint's run: {format_value(getattr(args, name))})")
-    if differing:
-        raise UserError(
-            f"--resume={path}: the checkpoint's run has other settings: {'; '.join(differing)}. "
-            f"A resumed run computes what the interrupted one would have; only "
-            f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)} may change. Drop these options, or "
-            f"start a new run."
-        )
     validate_args(args)
     return args
-
-
-EPS_SCHEDULE_MAX_EXPONENT = 700  # exp() of more overflows a double
 
 
 def validate_args(args: Hyperparameters) -> None:
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise UserError(msg)
-
-    for name in (
-        "val_tokens",
-        "train_seq_len",
-        "val_seq_len",
-        "seqs_per_step",
-        "num_iterations",
-        "max_window_tokens",
-        "vocab_size",
-        "num_heads",
-        "head_dim",
-        "model_dim",
-        "mlp_ratio",
-    ):
-        need(getattr(args, name) > 0, f"option --{name}={getattr(args, name)}: must be positive.")
-    for name in ("val_loss_every", "warmup_steps", "snoo_k", "muon_momentum_warmup_steps", "checkpoint_every"):
-        need(getattr(args, name) >= 0, f"option --{name}={getattr(args, name)}: must be >= 0.")
-    for name in ("train_seq_len", "val_seq_len"):
-        need(
-            getattr(args, name) % ATTN_BLOCK_SIZE == 0,
-            f"option --{name}={getattr(args, name)}: must be a multiple of the attention block "
-            f"({ATTN_BLOCK_SIZE} tokens).",
-        )
+    """The options' values, before anything runs; a research option's are checked by its module."""
+    positive = ("val_tokens", "train_seq_len", "val_seq_len", "seqs_per_step", "num_iterations")
+    positive += ("max_window_tokens", "vocab_size", "num_heads", "head_dim", "model_dim", "mlp_ratio")
+    checks = [(f"--{n}={getattr(args, n)}", getattr(args, n) > 0, "must be positive") for n in positive]
+    checks += [
+        (f"--{n}={getattr(args, n)}", getattr(args, n) >= 0, "must be >= 0")
+        for n in ("val_loss_every", "warmup_steps", "snoo_k", "muon_momentum_warmup_steps")
+    ]
+    checks += [
+        (f"--{n}={getattr(args, n)}", getattr(args, n) % ATTN_BLOCK_SIZE == 0,
+         f"must be a multiple of the attention block ({ATTN_BLOCK_SIZE} tokens)")
+        for n in ("train_seq_len", "val_seq_len")
+    ]  # fmt: skip
     per_val_step = args.seqs_per_step * args.val_seq_len
-    need(
-        args.val_tokens % per_val_step == 0,
-        f"option --val_tokens={args.val_tokens}: must be a multiple of seqs_per_step * val_seq_len = "
-        f"{per_val_step}, the tokens of one validation step.",
-    )
-    need(
-        args.num_layers == RECORD_NUM_LAYERS,
-        f"option --num_layers={args.num_layers}: the record's layer structure (value embeddings, U-net "
-        f"skips, windows) is defined for {RECORD_NUM_LAYERS} layers; change the width instead.",
-    )
-    need(args.head_dim % 4 == 0, f"option --head_dim={args.head_dim}: must be a multiple of 4 (rotary).")
-    need(0 <= args.cooldown_frac <= 1, f"option --cooldown_frac={args.cooldown_frac}: must be in [0, 1].")
-    need(0 <= args.update_smoothing < 1, f"option --update_smoothing={args.update_smoothing}: must be in [0, 1).")
-    need(
-        args.ns_impl in ("auto", "triton", "torch"),
-        f"option --ns_impl={args.ns_impl!r}: expected auto, triton or torch.",
-    )
-    need(args.device in ("auto", "cuda", "cpu"), f"option --device={args.device!r}: expected auto, cuda or cpu.")
-    need(args.adam_init in ("zero", "grad"), f"option --adam_init={args.adam_init!r}: expected zero or grad.")
-    if args.adam_eps_max is not None:
-        need(args.adam_eps_max > 0, f"option --adam_eps_max={args.adam_eps_max}: must be positive.")
-        need(
-            0 <= args.adam_eps_start_frac < args.adam_eps_end_frac <= 1,
-            f"options --adam_eps_start_frac={args.adam_eps_start_frac} and --adam_eps_end_frac="
-            f"{args.adam_eps_end_frac}: need 0 <= start < end <= 1.",
-        )
-        need(args.adam_eps_growth > 0, f"option --adam_eps_growth={args.adam_eps_growth}: must be positive.")
-        exponent = args.adam_eps_growth * args.num_iterations * (args.adam_eps_end_frac - args.adam_eps_start_frac)
-        need(
-            exponent < EPS_SCHEDULE_MAX_EXPONENT,
-            f"option --adam_eps_growth={args.adam_eps_growth}: the schedule's exp(growth x steps of growth) = "
-            f"exp({exponent:.4g}) overflows; use a rate below "
-            f"{EPS_SCHEDULE_MAX_EXPONENT * args.adam_eps_growth / exponent:.3g}.",
-        )
-    choices = ("muon", *MATRIX_OPTIMIZERS)
-    need(
-        args.matrix_optimizer in choices,
-        f"option --matrix_optimizer={args.matrix_optimizer!r}: expected one of {', '.join(choices)}.",
-    )
-    for name in MATRIX_OVERRIDES:
-        value = getattr(args, f"matrix_{name}")
-        if value is None:
-            continue
-        need(
-            args.matrix_optimizer != "muon",
-            f"option --matrix_{name} applies to --matrix_optimizer=adam, shampoo or soap; Muon (the default) has "
-            f"its own options (--muon_lr, --muon_weight_decay, --muon_momentum).",
-        )
-        need(
-            name in MATRIX_OPTIMIZERS[args.matrix_optimizer]["settings"],
-            f"option --matrix_{name}: --matrix_optimizer={args.matrix_optimizer} has no such setting.",
-        )
-        if name == "betas":
-            need(all(0 <= b < 1 for b in value), f"option --matrix_betas={format_value(value)}: each in [0, 1).")
-        elif name == "precondition_frequency":
-            need(value >= 1, f"option --matrix_precondition_frequency={value}: must be at least 1.")
-        else:
-            need(value >= 0, f"option --matrix_{name}={format_value(value)}: must be 0 or more.")
-    need(
-        args.record and "/" not in args.record and args.record not in (".", ".."),
-        f"option --record={args.record!r}: must be a plain folder name.",
-    )
+    checks += [
+        (f"--val_tokens={args.val_tokens}", args.val_tokens % per_val_step == 0,
+         f"must be a multiple of seqs_per_step * val_seq_len = {per_val_step}, the tokens of one validation step"),
+        (f"--num_layers={args.num_layers}", args.num_layers == RECORD_NUM_LAYERS,
+         f"the record's layer structure (value embeddings, U-net skips, windows) is defined for {RECORD_NUM_LAYERS} "
+         f"layers; change the width instead"),
+        (f"--head_dim={args.head_dim}", args.head_dim % 4 == 0, "must be a multiple of 4 (rotary)"),
+        (f"--cooldown_frac={args.cooldown_frac}", 0 <= args.cooldown_frac <= 1, "must be in [0, 1]"),
+        (f"--update_smoothing={args.update_smoothing}", 0 <= args.update_smoothing < 1, "must be in [0, 1)"),
+        (f"--ns_impl={args.ns_impl!r}", args.ns_impl in ("auto", "triton", "torch"), "expected auto, triton or torch"),
+        (f"--device={args.device!r}", args.device in ("auto", "cuda", "cpu"), "expected auto, cuda or cpu"),
+        (f"--record={args.record!r}", args.record and "/" not in args.record and args.record not in (".", ".."),
+         "must be a plain folder name"),
+    ]  # fmt: skip
+    for option, ok, message in checks:
+        if not ok:
+            raise UserError(f"option {option}: {message}.")
+    for name in extensions_needed(args):  # a module checks its own options, where it has any
+        getattr(extension(name, EXTENSIONS[name]), "validate", lambda args: None)(args)
 
 
 def help_text() -> str:
-    types = get_type_hints(Hyperparameters)
+    hints = get_type_hints(Hyperparameters)
     lines = [__doc__.strip(), "", "Options (--name=value; defaults are the record):"]
     for f in fields(Hyperparameters):
-        lines.append(f"  --{f.name}={format_value(f.default)} ({describe_type(types[f.name])}): {f.metadata['help']}")
+        base, optional, length = field_type(hints[f.name])
+        kind = ",".join([base.__name__] * (length or 1)) + (" or none" if optional else "")
+        lines.append(f"  --{f.name}={format_value(f.default)} ({kind}): {f.metadata['help']}")
     lines += ["", "Presets (--preset=NAME sets these first; the other options apply on top):"]
     for name, overrides in PRESETS.items():
-        settings = " ".join(f"--{k}={format_value(v)}" for k, v in overrides.items())
-        lines.append(f"  {name}: {settings or 'the defaults (the record)'}")
+        lines.append(f"  {name}: {' '.join(f'--{k}={format_value(v)}' for k, v in overrides.items()) or 'the record'}")
     return "\n".join(lines)
+
+
+# The modules of speedrun/ beside this script, each imported only when an option asks for it (-> the option
+# named in an error when the module is missing), and the log embeds the source of each one imported.
+EXTENSIONS = {
+    "matrix_optimizers": "--matrix_optimizer and --matrix_*",
+    "adam_variants": "--adam_bias_correction, --adam_init, --adam_nested and --adam_eps_*",
+    "weight_drift": "--log_weight_drift",
+    "checkpoints": "--checkpoint_every, --resume and --save_checkpoint",
+    "hellaswag": "--hellaswag",
+}
+
+
+def extensions_needed(args: Hyperparameters) -> list[str]:
+    default = Hyperparameters()
+    changed = {f.name for f in fields(args) if getattr(args, f.name) != getattr(default, f.name)}
+    needed = dict(
+        matrix_optimizers=any(n.startswith("matrix_") for n in changed),
+        adam_variants=bool({"adam_bias_correction", "adam_init", "adam_nested", "adam_eps_max"} & changed),
+        weight_drift=args.log_weight_drift,
+        checkpoints=bool(args.checkpoint_every or args.resume or args.save_checkpoint),
+        hellaswag=args.hellaswag,
+    )
+    return [name for name, yes in needed.items() if yes]
+
+
+def extension(name: str, option: str) -> types.ModuleType:
+    """speedrun/<name>.py, which `option` needs. Its functions take this script's as `train_gpt`: a script run
+    as __main__ is registered under that name first, so that there is one copy of every class."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) and Path(main.__file__).resolve() == Path(__file__).resolve():
+        sys.modules.setdefault("train_gpt", main)
+    if str(Path(__file__).resolve().parent) not in sys.path:  # speedrun/ beside the script, from any folder
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        return importlib.import_module(f"speedrun.{name}")
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("speedrun"):
+            raise
+        raise UserError(
+            f"{option} needs speedrun/{name}.py beside train_gpt.py, and it is not there ({describe_error(e)}). "
+            f"Copy the speedrun/ folder of the repository next to the script, or leave out {option}."
+        ) from None
 
 
 # -----------------------------------------------------------------------------------------------------
 # kernels
+
+# Muon's Newton-Schulz: five quintic steps, one (a, b, c) per step, run in bf16.
+NS_COEFFS = (
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+)
+NS_EPS = 1e-7
 
 
 def newton_schulz_torch(G: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
@@ -530,15 +382,11 @@ if triton is not None:
         _SYM_CONFIGS = [
             triton.Config(dict(BLOCK=block, BLOCK_K=block_k), num_warps=warps, num_stages=stages)
             for block, block_k, warps, stages in (
-                (128, 64, 8, 3),
-                (128, 64, 8, 4),
-                (128, 64, 4, 4),
-                (64, 64, 4, 4),
-                (64, 128, 4, 3),
+                (128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 4), (64, 64, 4, 4), (64, 128, 4, 3)
             )
-        ]
+        ]  # fmt: skip
 
-    def _device_shared_memory(device_index: int) -> Optional[int]:
+    def _device_shared_memory(device_index: int) -> int | None:
         try:
             return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
         except Exception:  # no GPU driver (the interpreter), or a driver API this triton lacks
@@ -559,28 +407,9 @@ if triton is not None:
     )
     @triton.jit
     def _sym_matmul_kernel(
-        X,
-        C,
-        Out,
-        alpha,
-        beta,
-        N,
-        M,
-        K,
-        sxb,
-        sxm,
-        sxk,
-        scb,
-        scm,
-        scn,
-        sob,
-        som,
-        son,
-        HAS_C: tl.constexpr,
-        PRECISION: tl.constexpr,
-        BLOCK: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-    ):
+        X, C, Out, alpha, beta, N, M, K, sxb, sxm, sxk, scb, scm, scn, sob, som, son,
+        HAS_C: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
         """Out[n] = X[n] X[n]ᵀ, or alpha X[n] X[n]ᵀ + beta C[n] with C[n] symmetric (HAS_C), for X of
         shape (N, M, K). Program (t, n) computes the t-th lower-triangle tile of Out[n]. N is only a
         key of the autotuner: the batch sets how many programs fill the GPU."""
@@ -622,7 +451,7 @@ def sym_config_shared_memory(config, element_size: int) -> int:
     return config.num_stages * 2 * config.kwargs["BLOCK"] * config.kwargs["BLOCK_K"] * element_size
 
 
-def _sym_matmul(X: Tensor, C: Optional[Tensor], alpha: float, beta: float) -> Tensor:
+def _sym_matmul(X: Tensor, C: Tensor | None, alpha: float, beta: float) -> Tensor:
     squeeze = X.ndim == 2
     if squeeze:
         X = X.unsqueeze(0)
@@ -640,20 +469,9 @@ def _sym_matmul(X: Tensor, C: Optional[Tensor], alpha: float, beta: float) -> Te
         return tiles * (tiles + 1) // 2, n
 
     _sym_matmul_kernel[grid](
-        X,
-        c,
-        out,
-        alpha,
-        beta,
-        n,
-        m,
-        k,
-        *X.stride(),
-        *c.stride(),
-        *out.stride(),
-        HAS_C=C is not None,
+        X, c, out, alpha, beta, n, m, k, *X.stride(), *c.stride(), *out.stride(), HAS_C=C is not None,
         PRECISION=precision,
-    )
+    )  # fmt: skip
     return out[0] if squeeze else out
 
 
@@ -763,6 +581,59 @@ def measure_newton_schulz(
     return {name: time_ms(lambda: [ns(x) for x in inputs], device, repeats) for name, ns in paths.items()}
 
 
+NS_TRITON_MARGIN = 0.95  # auto takes Triton only if at least 5% faster: runs of one batch then agree
+
+
+def choose_newton_schulz(requested: str, rt: "Runtime", shapes: list[tuple[int, ...]], compiled: bool) -> dict:
+    """Muon's Newton-Schulz for this run, decided before any file is written. On a GPU, auto checks
+    the Triton path against torch, times both on the run's shapes (torch compiled as the run will
+    compile it) and takes Triton only when it is clearly faster; a Triton failure under auto falls back
+    to torch. Every rank decides alike, and learns every rank's failure."""
+    impl = resolve_ns_impl(requested, rt.device.type == "cuda")
+    info = dict(requested=requested, used=impl, timings_ms=None, note=None)
+    if impl != "triton":
+        return info
+    error, timings = None, None
+    try:  # a kernel that fails to compile or to launch, or that computes wrong
+        check_newton_schulz_triton(rt.device, shapes)
+        if requested == "auto":
+            timings = measure_newton_schulz(rt.device, shapes, compiled)
+    except Exception as e:
+        error = describe_error(e)
+    failed = [f"rank {r}: {m}" if rt.world_size > 1 else m for r, m in enumerate(rt.gather_messages(error)) if m]
+    if failed and requested == "triton":
+        raise UserError(
+            f"--ns_impl=triton: the Triton path fails on this GPU ({'; '.join(failed)}). Use "
+            f"--ns_impl=auto (falls back to torch) or torch, and report the GPU, torch and triton "
+            f"versions."
+        )
+    if failed:
+        info.update(used="torch", note=f"the Triton path failed ({'; '.join(failed)}); using torch")
+    elif timings is not None:
+        if rt.world_size > 1:
+            t = torch.tensor(list(timings.values()), device=rt.device)
+            all_reduce_avg(t, rt)
+            timings = dict(zip(timings, t.tolist()))
+        faster = timings["triton"] < NS_TRITON_MARGIN * timings["torch"]
+        info.update(
+            timings_ms=timings, used="triton" if faster else "torch", torch_timed="compiled" if compiled else "eager"
+        )
+    return info
+
+
+def newton_schulz_line(info: dict) -> str:
+    line = f"newton_schulz: {info['used']} (--ns_impl={info['requested']}"
+    if info["timings_ms"]:
+        t = info["timings_ms"]
+        line += (
+            f"; one pass over the run's matrix shapes: {info['torch_timed']} torch {t['torch']:.3f} ms, "
+            f"triton {t['triton']:.3f} ms"
+        )
+    if info["note"]:
+        line += f"; {info['note']}"
+    return line + ")"
+
+
 # -----------------------------------------------------------------------------------------------------
 # optimizers
 
@@ -799,14 +670,9 @@ def muon_nesterov(buf: Tensor, grad: Tensor, momentum: Tensor) -> Tensor:
 
 
 def muon_write(
-    p: Tensor,
-    mantissa: Optional[Tensor],
-    smoothed: Optional[Tensor],
-    update: Tensor,
-    smoothing: Tensor,
-    step_size: Tensor,
+    p: Tensor, mantissa: Tensor | None, smoothed: Tensor | None, update: Tensor, smoothing: Tensor, step_size: Tensor,
     decay: Tensor,
-) -> None:
+) -> None:  # fmt: skip
     """p <- p (1 - decay) - step_size * s, where s is the update or, with smoothing, its EMA."""
     if smoothed is not None:
         # update smoothing, an EMA of Muon's updates kept in bf16: record 13, medium track
@@ -824,16 +690,9 @@ def muon_write(
 
 
 def muon_update(
-    p: Tensor,
-    mantissa: Optional[Tensor],
-    buf: Tensor,
-    smoothed: Optional[Tensor],
-    grad: Tensor,
-    momentum: Tensor,
-    smoothing: Tensor,
-    step_size: Tensor,
-    decay: Tensor,
-) -> None:
+    p: Tensor, mantissa: Tensor | None, buf: Tensor, smoothed: Tensor | None, grad: Tensor, momentum: Tensor,
+    smoothing: Tensor, step_size: Tensor, decay: Tensor,
+) -> None:  # fmt: skip
     """One Muon step of one parameter: Nesterov momentum, Newton-Schulz (torch), smoothing, decoupled
     decay, master-weight write. Compiled as one function, as the record compiles it."""
     update = newton_schulz_torch(muon_nesterov(buf, grad, momentum))
@@ -917,17 +776,9 @@ class Muon(MatrixOptimizer):
     """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan), with update smoothing and master weights."""
 
     def __init__(
-        self,
-        params,
-        lr: float,
-        weight_decay: float,
-        momentum: float,
-        update_smoothing: float,
-        ns_impl: str = "torch",
-        rank: int = 0,
-        world_size: int = 1,
-        compiled: bool = False,
-    ):
+        self, params, lr: float, weight_decay: float, momentum: float, update_smoothing: float, ns_impl: str = "torch",
+        rank: int = 0, world_size: int = 1, compiled: bool = False,
+    ):  # fmt: skip
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, update_smoothing=update_smoothing)
         super().__init__(params, defaults, rank, world_size)
         self.compiled = compiled
@@ -960,366 +811,6 @@ class Muon(MatrixOptimizer):
             p.grad,
             *map(full_precision, (group["momentum"], group["update_smoothing"], step_size, decay)),
         )
-
-
-class MasterWeightMatrices(MatrixOptimizer):
-    """The hidden matrices trained by any torch optimizer (Adam, Shampoo, SOAP) on fp32 master weights,
-    so that no small update is lost to bf16 rounding: the master is Muon's (the bf16 parameter plus a
-    uint16 mantissa), rebuilt into an fp32 buffer before each step and split back after it, so that
-    Snoo's changes to the parameter are seen exactly as Muon sees them. A batch of matrices (the
-    (4, d, d) attention tensor) is optimized as separate matrices, as Muon orthogonalizes it.
-    make_inner(tensors, lr) builds the optimizer of one parameter's matrices; the scheduled values (lr, and
-    eps for Adam) are this optimizer's groups' and are copied to it before every step."""
-
-    def __init__(self, params, make_inner, rank: int = 0, world_size: int = 1, **scheduled):
-        super().__init__(params, scheduled, rank, world_size)
-        self.scheduled = tuple(scheduled)  # group values (lr, eps) that the schedules set, copied to the inner ones
-        self.make_inner = make_inner
-        self.inner: dict[Tensor, torch.optim.Optimizer] = {}
-        self.masters: dict[Tensor, tuple[Tensor, list[Tensor]]] = {}
-
-    @staticmethod
-    def _pieces(t: Tensor) -> list[Tensor]:
-        return list(t.unbind(0)) if t.ndim == 3 else [t]
-
-    def _inner_for(self, p: Tensor, group: dict) -> torch.optim.Optimizer:
-        if p not in self.inner:
-            bf16 = p.dtype == torch.bfloat16
-            if bf16 and "mantissa" not in self.state[p]:
-                self.state[p]["mantissa"] = torch.zeros_like(p, dtype=torch.uint16)
-            master = torch.empty_like(p, dtype=torch.float32) if bf16 else p
-            self.masters[p] = (master, self._pieces(master))  # the views the inner optimizer holds
-            self.inner[p] = self.make_inner(self.masters[p][1], group["lr"])
-        return self.inner[p]
-
-    def _update(self, p: Tensor, group: dict) -> None:
-        inner = self._inner_for(p, group)
-        mantissa = self.state[p].get("mantissa")
-        master, pieces = self.masters[p]
-        if mantissa is not None:
-            master.copy_(master_weight(p, mantissa))
-        for piece, grad in zip(pieces, self._pieces(p.grad.float())):
-            piece.grad = grad
-        for inner_group in inner.param_groups:
-            inner_group.update((key, group[key]) for key in self.scheduled)
-        inner.step()
-        for piece in pieces:
-            piece.grad = None
-        if mantissa is not None:
-            store_master_weight(master, p, mantissa)
-
-    def state_dict(self) -> dict:
-        saved = super().state_dict()
-        params = [p for group in self.param_groups for p in group["params"]]
-        saved["inner"] = {i: self.inner[p].state_dict() for i, p in enumerate(params) if p in self.inner}
-        return saved
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "inner"})
-        self.inner, self.masters = {}, {}
-        params = [(p, group) for group in self.param_groups for p in group["params"]]
-        for index, saved in state_dict.get("inner", {}).items():
-            p, group = params[index]
-            self._inner_for(p, group).load_state_dict(saved)
-
-
-class Shampoo(torch.optim.Optimizer):
-    """Shampoo with Adam grafting (Gupta et al. 2018; the settings of Meta's DistributedShampoo in the
-    optimizer comparison of our sources), written from the algorithm for matrices. Per matrix G:
-      m = b1 m + (1 - b1) G, bias-corrected: the filtered gradient M;
-      L = b2 L + (1 - b2) G Gᵀ and R = b2 R + (1 - b2) Gᵀ G (Kronecker factors), every step;
-      every precondition_frequency steps, L^(-1/4) and R^(-1/4) by eigendecomposition in fp32, with
-      epsilon added to the eigenvalues;
-      Adam grafting: v = g2 v + (1 - g2) G², bias-corrected; A = M / (sqrt(v) + graft_eps);
-      before the first roots the step is A; afterwards S = L^(-1/4) M R^(-1/4) scaled to A's norm;
-      w <- w (1 - lr wd) - lr * step (decoupled weight decay).
-    Dimensions above max_preconditioner_dim are split into blocks, each preconditioned and grafted
-    on its own."""
-
-    def __init__(
-        self,
-        params,
-        lr: float,
-        betas: tuple[float, float],
-        epsilon: float,
-        weight_decay: float,
-        precondition_frequency: int,
-        max_preconditioner_dim: int,
-        graft_beta2: float,
-        graft_eps: float,
-    ):
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            epsilon=epsilon,
-            weight_decay=weight_decay,
-            precondition_frequency=precondition_frequency,
-            max_preconditioner_dim=max_preconditioner_dim,
-            graft_beta2=graft_beta2,
-            graft_eps=graft_eps,
-        )
-        super().__init__(params, defaults)
-
-    @staticmethod
-    def _blocks(t: Tensor, size: int) -> list[Tensor]:
-        return [block for rows in t.split(size, 0) for block in rows.split(size, 1)]
-
-    @staticmethod
-    def _inverse_fourth_root(factor: Tensor, epsilon: float) -> Tensor:
-        eigenvalues, eigenvectors = torch.linalg.eigh(factor.float())
-        return eigenvectors @ torch.diag((eigenvalues.clamp_min(0) + epsilon) ** -0.25) @ eigenvectors.mT
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            (b1, b2), size, freq = group["betas"], group["max_preconditioner_dim"], group["precondition_frequency"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.ndim != 2:
-                    raise ValueError("Shampoo here takes matrices; split batches of matrices first")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["graft_exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["blocks"] = [
-                        dict(
-                            L=g.new_zeros(g.size(0), g.size(0)),
-                            R=g.new_zeros(g.size(1), g.size(1)),
-                            L_root=None,
-                            R_root=None,
-                        )
-                        for g in self._blocks(torch.empty_like(p, dtype=torch.float32), size)
-                    ]
-                state["step"] += 1
-                t = state["step"]
-                g = p.grad.float()
-                state["exp_avg"].lerp_(g, 1 - b1)
-                state["graft_exp_avg_sq"].lerp_(g.square(), 1 - group["graft_beta2"])
-                M = state["exp_avg"] / (1 - b1**t)
-                A = M / ((state["graft_exp_avg_sq"] / (1 - group["graft_beta2"] ** t)).sqrt() + group["graft_eps"])
-                direction = torch.empty_like(M)
-                for block, g_b, m_b, a_b, out in zip(
-                    state["blocks"],
-                    self._blocks(g, size),
-                    self._blocks(M, size),
-                    self._blocks(A, size),
-                    self._blocks(direction, size),
-                ):
-                    block["L"].lerp_(g_b @ g_b.mT, 1 - b2)
-                    block["R"].lerp_(g_b.mT @ g_b, 1 - b2)
-                    if t % freq == 0:
-                        block["L_root"] = self._inverse_fourth_root(block["L"], group["epsilon"])
-                        block["R_root"] = self._inverse_fourth_root(block["R"], group["epsilon"])
-                    if block["L_root"] is None:
-                        out.copy_(a_b)
-                    else:
-                        s_b = block["L_root"] @ m_b @ block["R_root"]
-                        out.copy_(s_b * (a_b.norm() / s_b.norm().clamp_min(1e-30)))
-                p.mul_(1 - group["lr"] * group["weight_decay"]).add_(direction.to(p.dtype), alpha=-group["lr"])
-
-
-class AdamVariant(torch.optim.Optimizer):
-    """Adam(W) with the switches of the thesis notes in our sources: bias correction on or off, moments
-    started at zero or at the first gradient (m = g1, v = g1²; the first update then uses g1 again),
-    and the nested average (normalise first, then average: the idea published as LaProp). With the
-    defaults it is torch's AdamW, step for step:
-      m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g²;  w <- w (1 - lr wd) - lr m̂ / (sqrt(v̂) + eps)
-    nested: v as above, n = g / (sqrt(v̂) + eps), m <- b1 m + (1 - b1) n, w <- w (1 - lr wd) - lr m̂.
-    The hat is the division by 1 - b^t (bias correction) or nothing."""
-
-    def __init__(
-        self,
-        params,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        bias_correction: bool = True,
-        zero_init: bool = True,
-        nested: bool = False,
-    ):
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            bias_correction=bias_correction,
-            zero_init=zero_init,
-            nested=nested,
-        )
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g, state = p.grad, self.state[p]
-                first = not state
-                if first:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if not group["zero_init"]:
-                        state["exp_avg_sq"].copy_(g * g)
-                state["step"] += 1
-                t = state["step"].item()
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                bc1 = 1 - b1**t if group["bias_correction"] else 1.0
-                bc2 = 1 - b2**t if group["bias_correction"] else 1.0
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(group["eps"])
-                if group["nested"]:
-                    n = g / denom
-                    if first and not group["zero_init"]:
-                        m.copy_(n)
-                    m.mul_(b1).add_(n, alpha=1 - b1)
-                    p.mul_(1 - group["lr"] * group["weight_decay"]).add_(m, alpha=-group["lr"] / bc1)
-                else:
-                    if first and not group["zero_init"]:
-                        m.copy_(g)
-                    m.lerp_(g, 1 - b1)
-                    p.mul_(1 - group["lr"] * group["weight_decay"]).addcdiv_(m, denom, value=-group["lr"] / bc1)
-
-
-def adam_variant(args: Hyperparameters) -> Optional[dict]:
-    """AdamVariant's switches when any Adam option differs from its default, else None (torch's AdamW)."""
-    variant = dict(
-        bias_correction=args.adam_bias_correction, zero_init=args.adam_init == "zero", nested=args.adam_nested
-    )
-    if variant == dict(bias_correction=True, zero_init=True, nested=False) and args.adam_eps_max is None:
-        return None
-    return variant
-
-
-def adam_eps_schedule(step: int, args: Hyperparameters, eps0: Optional[float] = None) -> float:
-    """Adam's eps at a step, from eps0 (default --adam_eps) toward --adam_eps_max, to move Adam smoothly
-    toward SGD-like steps late in training (thesis notes in our sources): eps0 before w T; then
-    A exp(k (t - w T)) + B, with A = (eps_max - eps0) / (exp(k T (E - w)) - 1) and B = eps0 - A, which
-    meets eps0 at w T and eps_max at E T; eps_max from E T on."""
-    eps0 = args.adam_eps if eps0 is None else eps0
-    if args.adam_eps_max is None:
-        return eps0
-    T, w, E, k = args.num_iterations, args.adam_eps_start_frac, args.adam_eps_end_frac, args.adam_eps_growth
-    if step < w * T:
-        return eps0
-    if step >= E * T:
-        return args.adam_eps_max
-    A = (args.adam_eps_max - eps0) / math.expm1(k * T * (E - w))
-    return A * math.exp(k * (step - w * T)) + (eps0 - A)
-
-
-def make_soap(tensors, lr: float, s: dict, on_cuda: bool):
-    try:
-        from pytorch_optimizer import SOAP
-    except ImportError as e:
-        raise UserError(
-            f"--matrix_optimizer=soap uses the SOAP of the pytorch-optimizer package, which does not "
-            f"import ({describe_error(e)}): pip install 'pytorch-optimizer>=4.1,<5'."
-        ) from None
-    # pytorch-optimizer's default weight decay is 0.01; the published setting is 0 (passed explicitly)
-    return SOAP(
-        tensors,
-        lr=lr,
-        betas=s["betas"],
-        eps=s["eps"],
-        weight_decay=s["weight_decay"],
-        precondition_frequency=s["precondition_frequency"],
-    )
-
-
-# The optimizers --matrix_optimizer can put on the hidden matrices besides the record's Muon, each with the
-# settings published in the optimizer comparison of our sources (optimizers.md, section 1), a builder
-# make(tensors, lr, settings, on_cuda) of a torch optimizer for one parameter's matrices (run on fp32 master
-# weights by MasterWeightMatrices) and the PyPI package it comes from. A new optimizer is one more entry.
-MATRIX_OPTIMIZERS = {
-    "adam": dict(
-        settings=dict(lr=0.0018, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0),
-        make=lambda tensors, lr, s, on_cuda: (
-            torch.optim.Adam(
-                tensors,
-                lr=lr,
-                betas=s["betas"],
-                eps=s["eps"],
-                weight_decay=s["weight_decay"],
-                decoupled_weight_decay=True,
-                fused=on_cuda or None,
-            )
-            if s.get("variant") is None
-            else AdamVariant(
-                tensors, lr=lr, betas=s["betas"], eps=s["eps"], weight_decay=s["weight_decay"], **s["variant"]
-            )
-        ),
-        library=None,
-    ),
-    "shampoo": dict(
-        # Meta's DistributedShampoo settings: max preconditioner dim 8192, Adam grafting (beta2 0.95, eps 1e-8)
-        settings=dict(
-            lr=0.0018,
-            betas=(0.95, 0.95),
-            eps=1e-12,
-            weight_decay=0.0,
-            precondition_frequency=10,
-            max_preconditioner_dim=8192,
-            graft_beta2=0.95,
-            graft_eps=1e-8,
-        ),
-        make=lambda tensors, lr, s, on_cuda: Shampoo(
-            tensors,
-            lr=lr,
-            betas=s["betas"],
-            epsilon=s["eps"],
-            weight_decay=s["weight_decay"],
-            precondition_frequency=s["precondition_frequency"],
-            max_preconditioner_dim=s["max_preconditioner_dim"],
-            graft_beta2=s["graft_beta2"],
-            graft_eps=s["graft_eps"],
-        ),
-        library=None,
-    ),
-    "soap": dict(
-        settings=dict(lr=0.0018, betas=(0.95, 0.95), eps=1e-8, weight_decay=0.0, precondition_frequency=10),
-        make=make_soap,
-        library="pytorch-optimizer",
-    ),
-}
-MATRIX_OVERRIDES = ("lr", "betas", "eps", "weight_decay", "precondition_frequency")  # the --matrix_* options
-
-
-def matrix_optimizer_info(args: Hyperparameters) -> dict:
-    """The hidden matrices' optimizer with every resolved setting and the library it comes from."""
-    if args.matrix_optimizer == "muon":
-        settings = dict(
-            lr=args.muon_lr,
-            weight_decay=args.muon_weight_decay,
-            mlp_wd_mul=args.mlp_wd_mul,
-            momentum=(args.muon_momentum_start, args.muon_momentum),
-            update_smoothing=args.update_smoothing,
-        )
-        return dict(name="muon", settings=settings, library=None)
-    spec = MATRIX_OPTIMIZERS[args.matrix_optimizer]
-    settings = dict(spec["settings"])
-    for name in MATRIX_OVERRIDES:
-        if getattr(args, f"matrix_{name}") is not None:
-            settings[name] = getattr(args, f"matrix_{name}")
-    if args.matrix_optimizer == "adam" and adam_variant(args):
-        settings["variant"] = adam_variant(args)
-    library = None
-    if spec["library"]:
-        try:
-            library = f"{spec['library']} {importlib.metadata.version(spec['library'])}"
-        except importlib.metadata.PackageNotFoundError:
-            library = f"{spec['library']} (not installed)"
-    return dict(name=args.matrix_optimizer, settings=settings, library=library)
-
-
-def matrix_optimizer_line(info: dict) -> str:
-    settings = ", ".join(f"{k}={format_value(v)}" for k, v in info["settings"].items())
-    return f"matrix optimizer: {info['name']} ({settings}{'; ' + info['library'] if info['library'] else ''})"
 
 
 class Snoo:
@@ -1358,15 +849,15 @@ class Snoo:
 
 
 def lr_multiplier(step: int, args: Hyperparameters) -> float:
-    """1 for the first (1 - cooldown_frac) of training, then linear down to final_lr_frac."""
+    """1 for the first (1 - cooldown_frac) of training, then linear down to final_lr_frac (the record's expression)."""
     x = step / args.num_iterations
     if x < 1 - args.cooldown_frac:
         return 1.0
-    w = (1 - x) / args.cooldown_frac
-    return w + (1 - w) * args.final_lr_frac
+    return (1 - x) / args.cooldown_frac * (1 - args.final_lr_frac) + args.final_lr_frac
 
 
-def muon_momentum(step: int, args: Hyperparameters) -> float:
+def momentum_warmup(step: int, args: Hyperparameters) -> float:
+    """Muon's momentum at a step: linear from muon_momentum_start to muon_momentum over the warmup steps."""
     frac = min(step / args.muon_momentum_warmup_steps, 1) if args.muon_momentum_warmup_steps else 1
     return (1 - frac) * args.muon_momentum_start + frac * args.muon_momentum
 
@@ -1379,8 +870,87 @@ def window_blocks(step: int, args: Hyperparameters) -> int:
     return tokens // ATTN_BLOCK_SIZE
 
 
+def build_optimizers(model: "GPT", args: Hyperparameters, rank: int = 0, world_size: int = 1):
+    """AdamW (embeddings, lm head, scalars), the hidden matrices' optimizer (Muon: the record) and Snoo
+    around both (None with --snoo_k=0)."""
+    kinds = model.parameter_kinds()
+    matrices = [p for p in model.blocks.parameters() if p.ndim >= 2]
+    on_cuda = model.lm_head_w.is_cuda
+    groups = [
+        dict(params=kinds["head"], lr=args.adam_head_lr),
+        dict(params=kinds["embed"], lr=args.adam_embed_lr),
+        dict(params=kinds["scalars"], lr=args.adam_scalar_lr),
+    ]
+    settings = dict(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, weight_decay=args.adam_weight_decay)
+    if "adam_variants" in extensions_needed(args):
+        variants = extension("adam_variants", EXTENSIONS["adam_variants"])
+        adam = variants.AdamVariant(groups, lr=args.adam_head_lr, **settings, **variants.variant(args))
+    else:  # the record
+        adam = torch.optim.AdamW(groups, **settings, fused=on_cuda or None)
+    if args.matrix_optimizer == "muon":
+        hidden = Muon(
+            matrices, lr=args.muon_lr, weight_decay=args.muon_weight_decay, momentum=args.muon_momentum,
+            update_smoothing=args.update_smoothing, ns_impl=resolve_ns_impl(args.ns_impl, on_cuda), rank=rank,
+            world_size=world_size, compiled=args.compile,
+        )  # fmt: skip
+    else:
+        hidden = extension("matrix_optimizers", "--matrix_optimizer").build(matrices, args, rank, world_size, on_cuda)
+    for opt in (adam, hidden):
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+            if "eps" in group and not isinstance(opt, Muon):  # every Adam: the eps schedule's start
+                group["initial_eps"] = group["eps"]
+    snoo = Snoo(model.parameters(), args.snoo_lr, args.snoo_momentum, args.snoo_k) if args.snoo_k else None
+    return adam, hidden, snoo
+
+
+def set_schedules(step: int, args: Hyperparameters, optimizers) -> None:
+    mult = lr_multiplier(step, args)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * mult
+            if isinstance(opt, Muon):
+                group["momentum"] = momentum_warmup(step, args)
+    if args.adam_eps_max is not None:
+        extension("adam_variants", EXTENSIONS["adam_variants"]).set_eps(step, args, optimizers)
+
+
+def matrix_optimizer_info(args: Hyperparameters) -> dict:
+    """The hidden matrices' optimizer with every resolved setting, for the log and the JSON."""
+    if args.matrix_optimizer != "muon":
+        return extension("matrix_optimizers", "--matrix_optimizer").info(args)
+    settings = dict(
+        lr=args.muon_lr, weight_decay=args.muon_weight_decay, mlp_wd_mul=args.mlp_wd_mul,
+        momentum=(args.muon_momentum_start, args.muon_momentum), update_smoothing=args.update_smoothing,
+    )  # fmt: skip
+    return dict(name="muon", settings=settings, library=None)
+
+
+def matrix_optimizer_line(info: dict) -> str:
+    settings = ", ".join(f"{k}={format_value(v)}" for k, v in info["settings"].items())
+    return f"matrix optimizer: {info['name']} ({settings}{'; ' + info['library'] if info['library'] else ''})"
+
+
 # -----------------------------------------------------------------------------------------------------
 # model
+
+EOT_TOKEN = 50256  # <|endoftext|>: starts every document
+ATTN_BLOCK_SIZE = 128  # FlexAttention's block; windows and documents are handled per 128-token block
+VOCAB_MULTIPLE = 128  # the lm head's rows are rounded up to this for fast matmuls
+ATTN_SCALE = 0.12  # replaces 1/sqrt(head_dim) (@leloykun)
+INIT_GAIN = 0.5  # block matrices: uniform with std INIT_GAIN / sqrt(fan_in)
+LOGIT_SOFTCAP = 15.0
+ROPE_MIN_FREQ = 1 / 1024  # half-truncated RoPE frequencies span 1 .. 1/1024 (@YouJiacheng)
+EVAL_LOGIT_CHUNKS = 4  # eval computes the lm head in chunks to bound the logits' memory
+
+# The layer structure of the 16-layer record.
+RECORD_NUM_LAYERS = 16
+NUM_VALUE_EMBEDS = 5  # blocks 0-4 and 11-15 use value embeddings 0-4 (@YouJiacheng, 012...234)
+NO_ATTENTION_BLOCK = 7
+LONG_WINDOW_BLOCKS = (0, 4, 11, 15)  # all other blocks use half the window
+UNET_SKIPS = {9: 6, 10: 4, 11: 2}  # before block i add skip_weight[j] * output of block j
+LAMBDAS_PER_BLOCK = 3  # x = l0 * x + l1 * x00 + l2 * x01
+ATTN_LAMBDAS_PER_BLOCK = 2  # v = s0 * v + s1 * ve
 
 
 def norm(x: Tensor) -> Tensor:
@@ -1449,7 +1019,7 @@ def document_block_masks(ids: Tensor, windows: list[Tensor]) -> list[tuple[Tenso
     return selections
 
 
-def value_embed_index(block: int, num_layers: int) -> Optional[int]:
+def value_embed_index(block: int, num_layers: int) -> int | None:
     """Which value embedding block i uses: 0..4 in the first five and the last five blocks, else none."""
     if block < NUM_VALUE_EMBEDS:
         return block
@@ -1492,7 +1062,7 @@ class CausalSelfAttention(nn.Module):
         # Q, K, V and output projections in one (4, hdim, dim) tensor: orthogonalized as a batch of 4.
         self.qkvo_w = nn.Parameter(torch.empty(4, num_heads * head_dim, dim))
 
-    def forward(self, x: Tensor, ve: Optional[Tensor], lambdas: Tensor, rotary: Rotary, mask) -> Tensor:
+    def forward(self, x: Tensor, ve: Tensor | None, lambdas: Tensor, rotary: Rotary, mask) -> Tensor:
         B, T = x.size(0), x.size(1)
         qkv = F.linear(x, self.qkvo_w[:3].flatten(end_dim=1)).view(B, T, 3 * self.num_heads, self.head_dim)
         q, k, v = qkv.chunk(3, dim=-2)
@@ -1536,16 +1106,9 @@ class GPT(nn.Module):
     mask densely with scaled_dot_product_attention (CPU, where FlexAttention has no backward)."""
 
     def __init__(
-        self,
-        vocab_size: int,
-        num_layers: int,
-        num_heads: int,
-        head_dim: int,
-        model_dim: int,
-        mlp_ratio: int,
-        max_seq_len: int,
-        attention: str = "flex",
-    ):
+        self, vocab_size: int, num_layers: int, num_heads: int, head_dim: int, model_dim: int, mlp_ratio: int,
+        max_seq_len: int, attention: str = "flex",
+    ):  # fmt: skip
         super().__init__()
         self.attention = attention
         self.embed1 = nn.Embedding(vocab_size, model_dim)
@@ -1642,97 +1205,25 @@ class GPT(nn.Module):
             loss = loss + F.cross_entropy(self.head(x_c), t_c) / chunks
         return loss
 
-    @torch.no_grad()
-    def logits(self, input_seq: Tensor, window: Tensor) -> Tensor:
-        """Next-token logits (T, vocab_size) for a sequence of any length T (sampling, evals). The
-        sequence is padded with <|endoftext|> to whole attention blocks; causality makes the
-        padding invisible to the real positions."""
-        T = input_seq.numel()
-        pad = next_multiple_of(T, ATTN_BLOCK_SIZE) - T
-        ids = F.pad(input_seq.to(torch.int32), (0, pad), value=EOT_TOKEN)
-        return self.head(self.trunk(ids, window)[:T])[:, : self.embed1.num_embeddings]
-
 
 def build_model(args: Hyperparameters, attention: str) -> GPT:
     model = GPT(
-        args.vocab_size,
-        args.num_layers,
-        args.num_heads,
-        args.head_dim,
-        args.model_dim,
-        args.mlp_ratio,
-        max(args.train_seq_len, args.val_seq_len),
-        attention,
-    )
+        args.vocab_size, args.num_layers, args.num_heads, args.head_dim, args.model_dim, args.mlp_ratio,
+        max(args.train_seq_len, args.val_seq_len), attention,
+    )  # fmt: skip
     model.set_mlp_wd_mul(args.mlp_wd_mul)
     return model
 
 
-def build_optimizers(model: GPT, args: Hyperparameters, rank: int = 0, world_size: int = 1):
-    """AdamW (embeddings, lm head, scalars), the hidden matrices' optimizer (Muon: the record) and Snoo
-    around both (None with --snoo_k=0)."""
-    kinds = model.parameter_kinds()
-    embeds = kinds["embed"]
-    matrices = [p for p in model.blocks.parameters() if p.ndim >= 2]
-    on_cuda = model.lm_head_w.is_cuda
-    groups = [
-        dict(params=kinds["head"], lr=args.adam_head_lr),
-        dict(params=embeds, lr=args.adam_embed_lr),
-        dict(params=kinds["scalars"], lr=args.adam_scalar_lr),
-    ]
-    settings = dict(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, weight_decay=args.adam_weight_decay)
-    variant = adam_variant(args)
-    if variant is None:  # the record
-        adam = torch.optim.AdamW(groups, **settings, fused=on_cuda or None)
-    else:
-        adam = AdamVariant(groups, lr=args.adam_head_lr, **settings, **variant)
-    if args.matrix_optimizer == "muon":
-        hidden = Muon(
-            matrices,
-            lr=args.muon_lr,
-            weight_decay=args.muon_weight_decay,
-            momentum=args.muon_momentum,
-            update_smoothing=args.update_smoothing,
-            ns_impl=resolve_ns_impl(args.ns_impl, on_cuda),
-            rank=rank,
-            world_size=world_size,
-            compiled=args.compile,
-        )
-    else:
-        spec, settings = MATRIX_OPTIMIZERS[args.matrix_optimizer], matrix_optimizer_info(args)["settings"]
-        spec["make"](
-            [torch.zeros(2, 2, device=model.lm_head_w.device)], settings["lr"], settings, on_cuda
-        )  # fails now, not later
-        scheduled = dict(lr=settings["lr"], **({"eps": settings["eps"]} if args.matrix_optimizer == "adam" else {}))
-        hidden = MasterWeightMatrices(
-            matrices,
-            lambda tensors, lr: spec["make"](tensors, lr, settings, on_cuda),
-            rank=rank,
-            world_size=world_size,
-            **scheduled,
-        )
-    for opt in (adam, hidden):
-        for group in opt.param_groups:
-            group["initial_lr"] = group["lr"]
-            if "eps" in group and not isinstance(opt, Muon):  # every Adam: the eps schedule's start
-                group["initial_eps"] = group["eps"]
-    snoo = Snoo(model.parameters(), args.snoo_lr, args.snoo_momentum, args.snoo_k) if args.snoo_k else None
-    return adam, hidden, snoo
-
-
-def set_schedules(step: int, args: Hyperparameters, optimizers) -> None:
-    mult = lr_multiplier(step, args)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * mult
-            if isinstance(opt, Muon):
-                group["momentum"] = muon_momentum(step, args)
-            if "initial_eps" in group and args.adam_eps_max is not None:
-                group["eps"] = adam_eps_schedule(step, args, group["initial_eps"])
-
-
 # -----------------------------------------------------------------------------------------------------
 # data
+
+# Token shards: 256 little-endian int32 of header, then `count` uint16 tokens.
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+SHARD_HEADER_INTS = 256
+SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
+FINEWEB_SHARD_TOKENS = 100_000_000  # every train shard of kjj0/fineweb10B-gpt2
 
 
 def read_shard_header(path) -> int:
@@ -1784,23 +1275,32 @@ def steps_in_shard(num_tokens: int, step_tokens: int) -> int:
 
 def shard_files(pattern: str, option: str, hint: str) -> list[Path]:
     files = sorted(Path(f) for f in glob.glob(pattern))
-    if not files:
-        raise UserError(f"no files match --{option}={pattern} (from {Path.cwd()}). {hint}")
-    return files
+    if files:
+        return files
+    folder, name = Path(pattern).parent, Path(pattern).name
+    if folder.is_dir():
+        near = difflib.get_close_matches(
+            name.replace("*", ""), sorted(p.name for p in folder.iterdir()), n=3, cutoff=0.5
+        )
+        seen = f"files there that nearly match: {', '.join(near)}" if near else f"nothing like it is in {folder}"
+    else:
+        near = difflib.get_close_matches(folder.name, [p.name for p in folder.parent.glob("*") if p.is_dir()], n=1)
+        seen = f"the folder {folder} does not exist" + (f" (did you mean {folder.parent / near[0]}?)" if near else "")
+    raise UserError(f"no files match --{option}={pattern} (from {Path.cwd()}): {seen}. {hint}")
 
 
-def data_hint(pattern: str, shards: int) -> str:
+def data_hint(pattern: str, shards: int | str) -> str:
+    """How to get the files of a glob that matches nothing."""
     if "fineweb10B" in pattern:
         return (
-            f"Download them with `python data/cached_fineweb10B.py {shards}` "
-            f"({FINEWEB_SHARD_TOKENS:,} tokens per train shard)."
+            f"Download them with `python data/cached_fineweb10B.py {shards}` ({FINEWEB_SHARD_TOKENS:,} tokens a shard)."
         )
     if "data/sample" in pattern:
         return "Build the offline sample dataset with `python data/sample.py`."
-    return "Make more shards with `python data/fineweb.py` or point the option at other files."
+    return "Make shards with `python data/fineweb.py` or point the option at other files."
 
 
-def check_data(args: Hyperparameters, world_size: int) -> None:
+def check_data(args: Hyperparameters) -> None:
     """Fail before anything heavy if the shards are missing, corrupt or too short for the run."""
     step_tokens = args.seqs_per_step * args.train_seq_len
     per_fineweb = steps_in_shard(FINEWEB_SHARD_TOKENS, step_tokens)
@@ -1812,11 +1312,15 @@ def check_data(args: Hyperparameters, world_size: int) -> None:
         if available >= args.num_iterations:
             break
     if available < args.num_iterations:
+        more = (
+            f"Download more with `python data/cached_fineweb10B.py {need_shards}`."
+            if "fineweb10B" in args.train_files
+            else "Use --num_iterations of at most that, or more data (python data/fineweb.py tokenizes your own text)."
+        )
         raise UserError(
             f"--train_files={args.train_files} has {len(files)} shard(s) with tokens for {available} steps, but "
             f"--num_iterations={args.num_iterations} needs {args.num_iterations} x {step_tokens:,} = "
-            f"{args.num_iterations * step_tokens:,} tokens (each shard's tail shorter than a step is dropped). "
-            f"{data_hint(args.train_files, need_shards)}"
+            f"{args.num_iterations * step_tokens:,} tokens (each shard's tail shorter than a step is dropped). {more}"
         )
     val_step = args.seqs_per_step * args.val_seq_len
     val_steps = args.val_tokens // val_step
@@ -1825,31 +1329,14 @@ def check_data(args: Hyperparameters, world_size: int) -> None:
     if available < val_steps:
         raise UserError(
             f"--val_files={args.val_files} has tokens for {available} validation step(s) of {val_step:,} tokens, "
-            f"but --val_tokens={args.val_tokens:,} needs {val_steps}. Use fewer --val_tokens or more val data. "
-            f"{data_hint(args.val_files, need_shards)}"
+            f"but --val_tokens={args.val_tokens:,} needs {val_steps}. Use fewer --val_tokens or more val data."
         )
 
 
-def stream_position(token_counts: list[int], step_tokens: int, steps: int) -> tuple[int, int]:
-    """(shard index, position in it) of the training stream after `steps` steps: what a resumed run
-    continues from (token_batches' rule: a step needs pos + step_tokens + 1 < the shard's length)."""
-    shard, pos = 0, 0
-    for _ in range(steps):
-        while pos + step_tokens + 1 >= token_counts[shard]:
-            shard, pos = shard + 1, 0
-        pos += step_tokens
-    return shard, pos
-
-
 def token_batches(
-    files: list[Path],
-    seq_len: int,
-    seqs_per_step: int,
-    rank: int,
-    world_size: int,
-    device: torch.device,
+    files: list[Path], seq_len: int, seqs_per_step: int, rank: int, world_size: int, device: torch.device,
     start: tuple[int, int] = (0, 0),
-):
+):  # fmt: skip
     """Yield, per step, this rank's micro-batches [(inputs int32, targets int64), ...], from start
     (shard index, position; see stream_position).
 
@@ -1880,68 +1367,30 @@ def token_batches(
         yield batch
 
 
-HELLASWAG_ENDINGS = 4
-
-
-def read_hellaswag(
-    path, vocab_size: Optional[int] = None, max_len: Optional[int] = None
-) -> list[tuple[list[int], list[list[int]], int]]:
-    """HellaSwag examples already tokenized by evals/hellaswag.py: JSON lines of {"context": [ids],
-    "endings": [[ids] x 4], "label": 0..3}. Returns [(context, endings, label)]. With vocab_size and
-    max_len, ids and candidate lengths are checked too, so a bad file fails before training, not after."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UserError(
-            f"cannot read the tokenized HellaSwag file {path}: {e.strerror}. Make it with "
-            f"`python evals/hellaswag.py --prepare` (downloads the validation set once)."
-        ) from None
-    examples = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            ex = json.loads(line)
-            context, endings, label = ex["context"], ex["endings"], ex["label"]
-            ok = (
-                len(endings) == HELLASWAG_ENDINGS
-                and label in range(HELLASWAG_ENDINGS)
-                and all(isinstance(t, int) for t in context)
-                and all(e and all(isinstance(t, int) for t in e) for e in endings)
-            )
-        except (ValueError, KeyError, TypeError):
-            ok = False
-        if not ok:
-            raise UserError(
-                f'{path}, line {number}: expected {{"context": [token ids], "endings": '
-                f'[{HELLASWAG_ENDINGS} non-empty lists of token ids], "label": 0..3}}. '
-                f"Re-create the file with `python evals/hellaswag.py --prepare`."
-            )
-        if vocab_size is not None and not all(
-            0 <= t < vocab_size for t in [*context, *(t for e in endings for t in e)]
-        ):
-            raise UserError(
-                f"{path}, line {number}: a token id outside the vocabulary (0..{vocab_size - 1}). "
-                f"Re-create the file with `python evals/hellaswag.py --prepare`."
-            )
-        longest = 1 + len(context) + max(len(e) for e in endings)  # <|endoftext|> + context + ending
-        if max_len is not None and longest > max_len:
-            raise UserError(
-                f"{path}, line {number}: {longest} tokens, more than the model's longest sequence "
-                f"({max_len}); use a model with longer sequences or drop the example."
-            )
-        examples.append((context, endings, label))
-    if not examples:
-        raise UserError(f"{path} holds no HellaSwag examples. Re-create it with `python evals/hellaswag.py --prepare`.")
-    return examples
-
-
 # -----------------------------------------------------------------------------------------------------
 # logging
 
-
+LOG_RULE = "=" * 100  # separates the log's source from its environment (the speedrun's layout)
 MIB, GIB = 2**20, 2**30
+
+
+def read_sources() -> dict[str, str]:
+    """This script's source, then every module of speedrun/ imported so far (by the options, at startup),
+    keyed by their paths relative to the repository: read once, before anything runs, so that a file edited
+    during the run is not logged as the code that ran."""
+    root = Path(__file__).resolve().parent
+    sources = {Path(__file__).name: Path(__file__).read_text(encoding="utf-8")}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("speedrun.") and getattr(module, "__file__", None):
+            path = Path(module.__file__).resolve()
+            sources[path.relative_to(root).as_posix()] = path.read_text(encoding="utf-8")
+    return sources
+
+
+def embedded_code(sources: dict[str, str]) -> str:
+    """The log's code part: this script, then each module under a `# ==== file: <path> ====` line."""
+    (_, script), *modules = sources.items()
+    return script + "".join(f"# ==== file: {path} ====\n{text}" for path, text in modules)
 
 
 def format_val_line(step: int, num_iterations: int, val_loss: float, train_time_ms: float) -> str:
@@ -1957,30 +1406,20 @@ def format_train_line(step: int, num_iterations: int, train_time_ms: float) -> s
 
 
 class RunLog:
-    """<folder>/<run id>.txt (the speedrun's log) and <run id>.json (a summary for tools), both written
-    as the run goes. Neither file is ever overwritten: a clash of run ids is an error."""
+    """<folder>/<run id>.txt (the speedrun's log) and <run id>.json (a summary for tools), both written as the
+    run goes: lines are flushed as written, the JSON replaced atomically. Neither is ever overwritten: a clash
+    of run ids is an error. enabled: rank 0 writes, the other ranks keep a summary they never write."""
 
-    def __init__(self, folder, run_id: str, enabled: bool = True, console: bool = True, resumed: Optional[dict] = None):
+    def __init__(self, folder, run_id: str, enabled: bool = True, console: bool = True, resumed: dict | None = None):
         """resumed: the summary of a run that continues; its log is appended to (or started anew in
         another folder) and its summary updated."""
         self.enabled, self.console = enabled, console
         self.summary = dict(
-            format="speedrun-run/1",
-            run_id=run_id,
-            record=Path(folder).name,
-            status="running",
-            log_file=f"{run_id}.txt",
-            hyperparameters={},
-            environment={},
-            num_iterations=None,
-            val_losses=[],
-            final_val_loss=None,
-            train_time_ms=None,
-            step_avg_ms=None,
-            steps_done=0,
-            peak_memory_allocated_mib=None,
+            format="speedrun-run/1", run_id=run_id, record=Path(folder).name, status="running",
+            log_file=f"{run_id}.txt", hyperparameters={}, environment={}, num_iterations=None, val_losses=[],
+            final_val_loss=None, train_time_ms=None, step_avg_ms=None, steps_done=0, peak_memory_allocated_mib=None,
             peak_memory_reserved_mib=None,
-        )
+        )  # fmt: skip
         if resumed is not None:
             self.summary = {**resumed, "status": "running", "record": Path(folder).name}
         if not enabled:
@@ -2001,7 +1440,7 @@ class RunLog:
             raise UserError(
                 f"cannot write the run log in {folder}: {e.strerror}. Choose a writable --records_dir."
             ) from None
-        self._save()
+        self.save()
 
     def write(self, line: str, console: bool = False, console_note: str = "") -> None:
         """Append a line to the log (flushed); with console, print it too, followed by console_note."""
@@ -2012,20 +1451,18 @@ class RunLog:
         if console and self.console:
             print(line + console_note, flush=True)
 
-    def set_header(self, source: str, environment: dict, hyperparameters: dict) -> None:
+    def set_header(self, code: str, environment: dict, hyperparameters: dict) -> None:
         self.summary.update(
-            environment=environment,
-            hyperparameters=hyperparameters,
-            num_iterations=hyperparameters.get("num_iterations"),
+            environment=environment, hyperparameters=hyperparameters, num_iterations=hyperparameters["num_iterations"]
         )
         # The speedrun's layout first (source, versions, nvidia-smi between two rules), then the rest.
-        self.write(source)
+        self.write(code)
         self.write(LOG_RULE)
-        self.write(f"Running Python {environment.get('python')}")
-        if environment.get("cuda"):
-            self.write(f"Running PyTorch {environment.get('torch')} compiled for CUDA {environment.get('cuda')}")
+        self.write(f"Running Python {environment['python']}")
+        if environment["cuda"]:
+            self.write(f"Running PyTorch {environment['torch']} compiled for CUDA {environment['cuda']}")
         else:
-            self.write(f"Running PyTorch {environment.get('torch')}, a CPU build (no CUDA)")
+            self.write(f"Running PyTorch {environment['torch']}, a CPU build (no CUDA)")
         if environment.get("nvidia-smi"):
             self.write(environment["nvidia-smi"])
         self.write(LOG_RULE)
@@ -2035,7 +1472,7 @@ class RunLog:
         self.write("hyperparameters:")
         for key, value in hyperparameters.items():
             self.write(f"  {key} = {value!r}")
-        self._save()
+        self.save()
 
     def log_val(self, step: int, num_iterations: int, val_loss: float, train_time_ms: float) -> None:
         self.write(format_val_line(step, num_iterations, val_loss, train_time_ms), console=True)
@@ -2045,66 +1482,39 @@ class RunLog:
             self.summary.update(
                 final_val_loss=val_loss, train_time_ms=train_time_ms, step_avg_ms=train_time_ms / max(step, 1)
             )
-        self._save()
-
-    def log_drift(self, step: int, drift: dict) -> None:
-        """The weight drift of --log_weight_drift, added to the validation of that step."""
-
-        def num(x: Optional[float], spec: str) -> str:
-            return "n/a" if x is None else format(x, spec)
-
-        parts = [
-            f"{name} rel {num(d['relative_distance'], '.4g')} cos {num(d['cosine'], '.6f')}"
-            for name, d in drift.items()
-        ]
-        self.write(f"weight drift at step {step}: " + ", ".join(parts))
-        self.summary["val_losses"][-1]["weight_drift"] = drift
-        self._save()
+        self.save()
 
     def log_train(self, step: int, num_iterations: int, train_time_ms: float) -> None:
         # The console also shows the training time left at this pace; the log keeps the speedrun's line.
         left_s = round(train_time_ms / step * (num_iterations - step) / 1000)
-        self.write(
-            format_train_line(step, num_iterations, train_time_ms),
-            console=True,
-            console_note=f"  ({left_s // 60}m{left_s % 60:02d}s of training left)",
-        )
+        note = f"  ({left_s // 60}m{left_s % 60:02d}s of training left)"
+        self.write(format_train_line(step, num_iterations, train_time_ms), console=True, console_note=note)
         self.summary["steps_done"] = step
-
-    def log_hellaswag(self, result: dict) -> None:
-        self.write(
-            f"hellaswag: acc {result['acc']:.4f} acc_norm {result['acc_norm']:.4f} (n={result['n']}, "
-            f"{result['seconds']:.1f}s; not on the clock)",
-            console=True,
-        )
-        self.summary["hellaswag"] = result
-        self._save()
 
     def log_memory(self, allocated_mib: int, reserved_mib: int) -> None:
         self.write(f"peak memory allocated: {allocated_mib} MiB reserved: {reserved_mib} MiB", console=True)
         self.summary.update(peak_memory_allocated_mib=allocated_mib, peak_memory_reserved_mib=reserved_mib)
-        self._save()
+        self.save()
 
     def set_status(self, status: str) -> None:
         self.summary["status"] = status
-        self._save()
+        self.save()
 
     def finish(self, status: str) -> None:
-        self.summary["status"] = status
-        self._save()
+        self.set_status(status)
         if self.enabled:
             self.txt.close()
 
-    def _save(self) -> None:
+    def save(self) -> None:
         if not self.enabled:
             return
-        tmp = self.json_path.with_suffix(".json.tmp")
+        tmp = self.json_path.with_name(f".{self.json_path.name}.tmp")
         tmp.write_text(json.dumps(self.summary, indent=1) + "\n")
-        os.replace(tmp, self.json_path)
+        os.replace(tmp, self.json_path)  # the summary is always whole: a crash leaves the previous one
 
 
 def environment_info(device: torch.device, world_size: int) -> dict:
-    def run(cmd: list[str]) -> Optional[str]:
+    def output(cmd: list[str]) -> str | None:
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parent)
             return out.stdout.strip() if out.returncode == 0 else None
@@ -2112,220 +1522,23 @@ def environment_info(device: torch.device, world_size: int) -> dict:
             return None
 
     info = dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        host=platform.node(),
-        python=sys.version,
-        torch=torch.__version__,
-        cuda=torch.version.cuda,
-        device=str(device),
-        world_size=world_size,
-        torch_threads=torch.get_num_threads(),
-        command=" ".join([sys.executable] + sys.argv),
-    )
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), host=platform.node(),
+        python=sys.version, torch=torch.__version__, cuda=torch.version.cuda, device=str(device),
+        world_size=world_size, torch_threads=torch.get_num_threads(), command=" ".join([sys.executable] + sys.argv),
+        triton=triton and triton.__version__,
+    )  # fmt: skip
     if device.type == "cuda":
         info["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    commit = run(["git", "rev-parse", "HEAD"])
+    commit = output(["git", "rev-parse", "HEAD"])
     if commit:
-        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"])
+        dirty = output(["git", "status", "--porcelain", "--untracked-files=no"])
         info["git_commit"] = commit + (" (uncommitted changes)" if dirty else "")
     # Variables that change what runs; the log must describe the run completely.
-    info["env"] = {
-        k: v
-        for k, v in sorted(os.environ.items())
-        if k.startswith(("TORCH", "NCCL", "CUDA", "TRITON", "PYTORCH", "OMP"))
-    } or None
+    prefixes = ("TORCH", "NCCL", "CUDA", "TRITON", "PYTORCH", "OMP")
+    info["env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes)} or None
     if device.type == "cuda":
-        info["nvidia-smi"] = run(["nvidia-smi"])
+        info["nvidia-smi"] = output(["nvidia-smi"])
     return info
-
-
-# -----------------------------------------------------------------------------------------------------
-# checkpoints
-
-CHECKPOINT_FORMAT = "speedrun-checkpoint/1"
-
-
-def read_checkpoint(path) -> dict:
-    """A checkpoint written by this script, loaded on the CPU with weights_only=True."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors read when used
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist.") from None
-    except OSError as e:
-        raise UserError(f"cannot read checkpoint {path}: {e.strerror}.") from None
-    except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise UserError(
-            f"{path} is not a readable checkpoint ({describe_error(e)}); "
-            f"it may be truncated or not written by train_gpt.py."
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(f"{path} is not a train_gpt.py checkpoint: format {found!r}, expected {CHECKPOINT_FORMAT!r}.")
-    return ckpt
-
-
-def hyperparameters_from(saved: dict, source) -> Hyperparameters:
-    known = {f.name for f in fields(Hyperparameters)}
-    unknown = sorted(set(saved) - known)
-    if unknown:
-        raise UserError(
-            f"{source} has hyperparameters this script does not know ({', '.join(unknown)}): "
-            f"it was written by another version of train_gpt.py; use that version."
-        )
-    return Hyperparameters(**saved)
-
-
-def model_from_checkpoint(path, device) -> tuple[GPT, Hyperparameters, int]:
-    """The checkpoint's model in eval mode on device, its hyperparameters, and the attention window
-    (in blocks) it was at: what sampling and evaluation need. Dense attention on every device: at
-    inference lengths it is exact and needs no compile."""
-    ckpt = read_checkpoint(path)
-    args = hyperparameters_from(ckpt["hyperparameters"], path)
-    model = build_model(args, attention="dense")
-    try:
-        model.load_state_dict(ckpt["model"])
-        step = ckpt["step"]
-    except (KeyError, RuntimeError) as e:
-        raise UserError(
-            f"{path} does not hold this script's model ({describe_error(e)}): it was written by "
-            f"another version of train_gpt.py."
-        ) from None
-    return model.to(device).eval(), args, window_blocks(step, args)
-
-
-def source_digest() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-
-
-def shard_list(pattern: str) -> list[tuple[str, int]]:
-    """(file name, tokens) of the shards a glob matches, in reading order: what a checkpoint's data was."""
-    return [(f.name, read_shard_header(f)) for f in sorted(Path(f) for f in glob.glob(pattern))]
-
-
-def owned_indices(opt: MatrixOptimizer) -> set[int]:
-    """The state_dict indices of the matrices this rank updates."""
-    owned, index = set(), 0
-    for group in opt.param_groups:
-        for j in range(len(group["params"])):
-            if opt.owns(j):
-                owned.add(index)
-            index += 1
-    return owned
-
-
-# A matrix optimizer's state_dict entries that hold per-matrix state, each on the rank that owns the matrix
-PER_MATRIX_STATE = ("state", "inner")
-
-
-def gathered_state_dict(opt: torch.optim.Optimizer, rt: "Runtime") -> Optional[dict]:
-    """opt's state_dict on the CPU, with the matrix state of every rank merged into rank 0's (None on the
-    other ranks): one file holds the whole run, and any world size can load it."""
-    if not isinstance(opt, MatrixOptimizer) or rt.world_size == 1:
-        return copy_to(opt.state_dict(), "cpu") if rt.master else None  # the same on every rank
-    saved = opt.state_dict()
-    local = {k: saved[k] for k in PER_MATRIX_STATE if k in saved}
-    # as torch.save bytes: gather_object's own pickling cannot carry uint16 tensors (the mantissas)
-    buffer = io.BytesIO()
-    torch.save(copy_to(local, "cpu"), buffer)
-    parts = [None] * rt.world_size if rt.master else None
-    dist.gather_object(buffer.getvalue(), parts, dst=0)
-    if not rt.master:
-        return None
-    parts = [torch.load(io.BytesIO(part), weights_only=True) for part in parts]
-    merged = copy_to({k: v for k, v in saved.items() if k not in PER_MATRIX_STATE}, "cpu")
-    for key in local:
-        merged[key] = {index: entry for part in parts for index, entry in part[key].items()}
-    return merged
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
-    """A gathered state_dict into opt: a matrix optimizer keeps the matrices this rank updates."""
-    if isinstance(opt, MatrixOptimizer):
-        owned = owned_indices(opt)
-        saved = {
-            **saved,
-            **{k: {i: v for i, v in saved[k].items() if i in owned} for k in PER_MATRIX_STATE if k in saved},
-        }
-    opt.load_state_dict(saved)
-
-
-def write_atomically(payload: dict, path: Path, exclusive: bool = False) -> int:
-    """torch.save to path through a temporary file: a save that is killed leaves the previous file whole.
-    exclusive: never replace an existing file. Returns the size in bytes."""
-    if exclusive and path.exists():
-        raise FileExistsError(f"{path} exists; it is never overwritten")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
-
-
-def data_identity(args: Hyperparameters) -> dict:
-    """(file name, tokens) of the train and val shards a run reads: a resumed run must read the same."""
-    used = {}
-    for split, pattern, step_tokens, steps in (
-        ("train", args.train_files, args.seqs_per_step * args.train_seq_len, args.num_iterations),
-        (
-            "val",
-            args.val_files,
-            args.seqs_per_step * args.val_seq_len,
-            args.val_tokens // (args.seqs_per_step * args.val_seq_len),
-        ),
-    ):
-        shards = shard_list(pattern)
-        used[split] = shards[: stream_position([n for _, n in shards], step_tokens, steps)[0] + 1]
-    return used
-
-
-def check_resumable(ckpt: dict, args: Hyperparameters) -> None:
-    """A checkpoint continues only an unfinished run, with the script and the data that wrote it."""
-    summary = Path(args.records_dir) / args.record / f"{ckpt['run_id']}.json"
-    try:
-        finished = json.loads(summary.read_text()).get("status") == "finished"
-    except (OSError, ValueError):
-        finished = False  # no summary here (another folder or machine), or an unreadable one
-    if finished:
-        raise UserError(
-            f"--resume={args.resume}: run {ckpt['run_id']} has finished ({summary} says so); resuming "
-            f"it would rewrite its record. Start a new run instead."
-        )
-    if ckpt.get("source_sha256") != source_digest():
-        raise UserError(
-            f"--resume={args.resume}: the checkpoint was written by another train_gpt.py (its source "
-            f"differs from {Path(__file__).name}'s), so the resumed run would not compute what the "
-            f"interrupted one would have. Resume with the script that wrote it: it is at the top of "
-            f"the run's log."
-        )
-    now = data_identity(args)
-    for split in ("train", "val"):
-        if [tuple(x) for x in ckpt["data"][split]] != now[split]:
-            raise UserError(
-                f"--resume={args.resume}: the {split} shards differ from the checkpoint's run "
-                f"(it read {format_shards(ckpt['data'][split])}; --{split}_files={getattr(args, split + '_files')} "
-                f"now gives {format_shards(now[split])}). Point --{split}_files at the same data."
-            )
-
-
-def format_shards(shards: list) -> str:
-    return ", ".join(f"{name} ({tokens:,} tokens)" for name, tokens in shards) or "no shards"
-
-
-# -----------------------------------------------------------------------------------------------------
-# main
 
 
 EXIT_USER_ERROR = 2  # a mistake in the options, the data or the environment, found before any file is written
@@ -2340,7 +1553,7 @@ class Interrupted(BaseException):
     """Ctrl-C or SIGTERM. A BaseException like KeyboardInterrupt, so that no `except Exception` takes it.
     after_step: set when every rank stopped after that whole step (a checkpoint can be saved there)."""
 
-    def __init__(self, signum: int, after_step: Optional[int] = None):
+    def __init__(self, signum: int, after_step: int | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.after_step = signum, after_step
 
@@ -2354,7 +1567,7 @@ class Stopper:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self.deferred = False
 
     def install(self) -> None:
@@ -2404,7 +1617,7 @@ class Runtime:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
-    def gather_messages(self, message: Optional[str]) -> list[Optional[str]]:
+    def gather_messages(self, message: str | None) -> list[str | None]:
         """Every rank's message (None: nothing to say), on every rank."""
         if self.world_size == 1:
             return [message]
@@ -2412,7 +1625,7 @@ class Runtime:
         dist.all_gather_object(messages, message)
         return messages
 
-    def to_host(self, t: Tensor) -> tuple[Tensor, Optional["torch.cuda.Event"]]:
+    def to_host(self, t: Tensor) -> tuple[Tensor, "torch.cuda.Event | None"]:
         """A host copy of t that is ready once the returned event is (None: ready now)."""
         if self.device.type != "cuda":
             return t, None
@@ -2425,14 +1638,14 @@ class Runtime:
 
 def resolve_runtime(args: Hyperparameters) -> Runtime:
     """Rank and world from torchrun's variables (rank 0 of 1 without them), and the device."""
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if world_size < 1 or args.seqs_per_step % world_size:
+        counts = [n for n in range(1, args.seqs_per_step + 1) if args.seqs_per_step % n == 0]
         raise UserError(
-            f"WORLD_SIZE={world_size} does not divide --seqs_per_step={args.seqs_per_step}: every rank must run "
-            f"the same number of sequences per step. Use 1, 2, 4 or 8 processes for the record "
-            f"(torchrun --nproc_per_node=N)."
+            f"{world_size} processes (WORLD_SIZE) do not divide --seqs_per_step={args.seqs_per_step}: every rank "
+            f"must run the same number of sequences per step. Start {', '.join(map(str, counts))} processes "
+            f"(torchrun --nproc_per_node=N), or change --seqs_per_step."
         )
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
@@ -2453,7 +1666,7 @@ def resolve_runtime(args: Hyperparameters) -> Runtime:
     return Runtime(rank, world_size, torch.device("cuda", local_rank))
 
 
-def snapshot(model: nn.Module, optimizers: list, snoo: Optional[Snoo]) -> dict:
+def snapshot(model: nn.Module, optimizers: list, snoo: Snoo | None) -> dict:
     return dict(
         model=copy.deepcopy(model.state_dict()),
         optimizers=[copy.deepcopy(opt.state_dict()) for opt in optimizers],
@@ -2461,7 +1674,7 @@ def snapshot(model: nn.Module, optimizers: list, snoo: Optional[Snoo]) -> dict:
     )
 
 
-def restore(saved: dict, model: nn.Module, optimizers: list, snoo: Optional[Snoo]) -> None:
+def restore(saved: dict, model: nn.Module, optimizers: list, snoo: Snoo | None) -> None:
     model.load_state_dict(saved["model"])
     for opt, state in zip(optimizers, saved["optimizers"]):
         opt.load_state_dict(state)
@@ -2476,8 +1689,8 @@ def all_reduce_avg(t: Tensor, rt: Runtime, async_op: bool = False):
 
 
 def train_step(
-    model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo: Optional[Snoo], stop: bool = False
-) -> Tensor:
+    model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo: Snoo | None, stop: bool = False
+) -> Tensor:  # fmt: skip
     """Forward/backward over this rank's micro-batches, average gradients over ranks, step everything.
     Returns (training loss, stop flag) averaged over ranks, as a tensor that is not synchronized: a
     flag above 0 means some rank was asked to stop."""
@@ -2510,14 +1723,8 @@ def train_step(
 def evaluate(model, args: Hyperparameters, rt: Runtime, window: Tensor) -> float:
     model.eval()
     val_steps = args.val_tokens // (args.seqs_per_step * args.val_seq_len)
-    batches = token_batches(
-        shard_files(args.val_files, "val_files", ""),
-        args.val_seq_len,
-        args.seqs_per_step,
-        rt.rank,
-        rt.world_size,
-        rt.device,
-    )
+    files = shard_files(args.val_files, "val_files", "")
+    batches = token_batches(files, args.val_seq_len, args.seqs_per_step, rt.rank, rt.world_size, rt.device)
     total = torch.zeros((), device=rt.device)
     for _ in range(val_steps):
         for inputs, targets in next(batches):
@@ -2528,148 +1735,37 @@ def evaluate(model, args: Hyperparameters, rt: Runtime, window: Tensor) -> float
     return total.item()
 
 
-@torch.no_grad()
-def weight_drift(kinds: dict[str, list[Tensor]], initial: dict[str, list[Tensor]]) -> dict:
-    """Per kind of parameter: ||w - w0||, ||w - w0|| / ||w0|| and cos(w, w0) over all its tensors (None
-    where w0 or w is zero, as the zero-initialized head is at the start). Weight decay in closed form
-    and these diagnostics: thesis notes in our sources."""
-    out = {}
-    for name, params in kinds.items():
-        sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)  # |w-w0|², |w0|², |w|², <w, w0>
-        for p, p0 in zip(params, initial[name]):
-            w, w0 = p.detach().double(), p0.double()
-            sums += torch.stack([(w - w0).square().sum(), w0.square().sum(), w.square().sum(), (w * w0).sum()])
-        d2, n0, n, dot = sums.tolist()
-        out[name] = dict(
-            distance=math.sqrt(d2),
-            relative_distance=math.sqrt(d2 / n0) if n0 > 0 else None,
-            cosine=dot / math.sqrt(n * n0) if n > 0 and n0 > 0 else None,
-        )
-    return out
+class Clock:
+    """Training time. Validation and checkpoints stop it; every rank's work is done (a barrier) each time it
+    stops or starts."""
+
+    def __init__(self, rt: Runtime, ms: float = 0.0):
+        self.rt, self.ms, self.t0 = rt, ms, None
+
+    def start(self) -> None:
+        self.rt.barrier()
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.rt.barrier()
+        self.ms += 1000 * (time.perf_counter() - self.t0)
+
+    def elapsed_ms(self) -> float:
+        return self.ms + 1000 * (time.perf_counter() - self.t0)
 
 
-@torch.no_grad()
-def hellaswag_score(model: GPT, examples: list, window: int, device, max_tokens: int = 4096) -> dict:
-    """HellaSwag accuracy: each candidate, <|endoftext|> + context + ending, is scored by the total
-    (acc) and the mean (acc_norm) log-likelihood of the ending's tokens; the best-scored ending is
-    the prediction. Candidates are packed into sequences of up to max_tokens tokens: each starts a
-    document, so document masking keeps them apart and one forward scores many (batched)."""
-    # Each candidate starts at an attention block and is padded with <|endoftext|> to whole blocks, so
-    # that the sliding windows see exactly what they see of the candidate alone.
-    max_tokens = min(max_tokens, model.max_seq_len)
-    candidates = []  # (padded tokens, where the ending starts, where it ends, example index, ending index)
-    for i, (context, endings, _) in enumerate(examples):
-        for j, ending in enumerate(endings):
-            tokens = [EOT_TOKEN, *context, *ending]
-            if len(tokens) > model.max_seq_len:
-                raise UserError(
-                    f"HellaSwag example {i}, ending {j}: {len(tokens)} tokens, more than the model's "
-                    f"longest sequence ({model.max_seq_len})."
-                )
-            pad = next_multiple_of(len(tokens), ATTN_BLOCK_SIZE) - len(tokens)
-            candidates.append((tokens + [EOT_TOKEN] * pad, 1 + len(context), len(tokens), i, j))
-    total = torch.full((len(examples), HELLASWAG_ENDINGS), -math.inf, dtype=torch.float64)
-    mean = total.clone()
-    w = torch.tensor(window, dtype=torch.int32, device=device)
+@dataclass
+class Run:
+    """What the loop carries that a checkpoint saves (speedrun/checkpoints.py)."""
 
-    def score(pack: list) -> None:
-        ids = torch.tensor([t for c in pack for t in c[0]], device=device)
-        logp = torch.log_softmax(model.logits(ids, w), dim=-1)
-        offset = 0
-        for tokens, start, end, i, j in pack:
-            targets = ids[offset + start : offset + end]
-            ll = logp[offset + start - 1 : offset + end - 1].gather(1, targets[:, None]).double()
-            total[i, j], mean[i, j] = ll.sum().item(), ll.mean().item()
-            offset += len(tokens)
-
-    pack, size = [], 0
-    for c in candidates:
-        if pack and size + len(c[0]) > max_tokens:
-            score(pack)
-            pack, size = [], 0
-        pack.append(c)
-        size += len(c[0])
-    if pack:
-        score(pack)
-    labels = torch.tensor([label for *_, label in examples])
-    return dict(
-        n=len(examples),
-        acc=(total.argmax(1) == labels).double().mean().item(),
-        acc_norm=(mean.argmax(1) == labels).double().mean().item(),
-    )
-
-
-NS_TRITON_MARGIN = 0.95  # auto takes Triton only if at least 5% faster: runs of one batch then agree
-
-
-def choose_newton_schulz(requested: str, rt: Runtime, shapes: list[tuple[int, ...]], compiled: bool) -> dict:
-    """Muon's Newton-Schulz for this run, decided before any file is written. On a GPU, auto checks
-    the Triton path against torch, times both on the run's shapes (torch compiled as the run will
-    compile it) and takes Triton only when it is clearly faster; a Triton failure under auto falls back
-    to torch. Every rank decides alike, and learns every rank's failure."""
-    impl = resolve_ns_impl(requested, rt.device.type == "cuda")
-    info = dict(requested=requested, used=impl, timings_ms=None, note=None)
-    if impl != "triton":
-        return info
-    error, timings = None, None
-    try:  # a kernel that fails to compile or to launch, or that computes wrong
-        check_newton_schulz_triton(rt.device, shapes)
-        if requested == "auto":
-            timings = measure_newton_schulz(rt.device, shapes, compiled)
-    except Exception as e:
-        error = describe_error(e)
-    failed = [f"rank {r}: {m}" if rt.world_size > 1 else m for r, m in enumerate(rt.gather_messages(error)) if m]
-    if failed and requested == "triton":
-        raise UserError(
-            f"--ns_impl=triton: the Triton path fails on this GPU ({'; '.join(failed)}). Use "
-            f"--ns_impl=auto (falls back to torch) or torch, and report the GPU, torch and triton "
-            f"versions."
-        )
-    if failed:
-        info.update(used="torch", note=f"the Triton path failed ({'; '.join(failed)}); using torch")
-    elif timings is not None:
-        if rt.world_size > 1:
-            t = torch.tensor(list(timings.values()), device=rt.device)
-            all_reduce_avg(t, rt)
-            timings = dict(zip(timings, t.tolist()))
-        faster = timings["triton"] < NS_TRITON_MARGIN * timings["torch"]
-        info.update(
-            timings_ms=timings, used="triton" if faster else "torch", torch_timed="compiled" if compiled else "eager"
-        )
-    return info
-
-
-def newton_schulz_line(info: dict) -> str:
-    line = f"newton_schulz: {info['used']} (--ns_impl={info['requested']}"
-    if info["timings_ms"]:
-        t = info["timings_ms"]
-        line += (
-            f"; one pass over the run's matrix shapes: {info['torch_timed']} torch {t['torch']:.3f} ms, "
-            f"triton {t['triton']:.3f} ms"
-        )
-    if info["note"]:
-        line += f"; {info['note']}"
-    return line + ")"
-
-
-def open_run_log(args: Hyperparameters, rt: Runtime, ckpt: Optional[dict] = None) -> RunLog:
-    """Rank 0 creates the log files (or, resuming, reopens them); every rank learns whether that
-    worked, so none waits forever."""
-    run_id = (
-        ckpt["run_id"]
-        if ckpt
-        else f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
-    )
-    error = None
-    try:
-        log = RunLog(
-            Path(args.records_dir) / args.record, run_id, enabled=rt.master, resumed=ckpt["summary"] if ckpt else None
-        )
-    except UserError as e:
-        error, log = e, None
-    if not rt.all_ranks_ok(error is None):
-        raise error or UserError("rank 0 could not create the run log (its error is above).")
-    return log
+    args: Hyperparameters
+    model: nn.Module
+    optimizers: list
+    snoo: Snoo | None
+    sources: dict[str, str]
+    clock: Clock
+    validated: int | None  # the last step validated
+    initial: dict | None  # the weights at step 0, for --log_weight_drift
 
 
 def warmup_description(compiled_model: bool, compiled_update: bool, ns_impl: str) -> str:
@@ -2679,60 +1775,184 @@ def warmup_description(compiled_model: bool, compiled_update: bool, ns_impl: str
     return ", ".join(done) if done else "nothing to compile: every kernel is eager"
 
 
-def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
-    # Everything that can fail on the user's input or this machine happens before any file is created.
-    check_data(args, rt.world_size)
-    ckpt = read_checkpoint(args.resume) if args.resume else None
-    if ckpt:
-        check_resumable(ckpt, args)
-    hellaswag = (
-        read_hellaswag(args.hellaswag_file, args.vocab_size, max(args.train_seq_len, args.val_seq_len))
-        if args.hellaswag
-        else None
+def warmup(run: Run, compiled, rt: Runtime, log: "RunLog", muon: "Muon | None") -> None:
+    """Compile and autotune on random tokens, then restore the state from before (untimed)."""
+    args, start = run.args, time.perf_counter()
+    saved = snapshot(run.model, run.optimizers, run.snoo)
+    window = torch.tensor(window_blocks(0, args), dtype=torch.int32, device=rt.device)
+    for _ in range(args.warmup_steps):
+        batch = [
+            (torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device, dtype=torch.int32),
+             torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device))
+            for _ in range(args.seqs_per_step // rt.world_size)
+        ]  # fmt: skip
+        train_step(compiled, batch, window, rt, run.optimizers, run.snoo)
+    restore(saved, run.model, run.optimizers, run.snoo)
+    del saved
+    rt.synchronize()
+    did = warmup_description(compiled is not run.model, bool(muon and muon.compiled), muon and muon.ns_impl)
+    log.write(
+        f"kernel warmup: {args.warmup_steps} steps in {time.perf_counter() - start:.1f}s ({did}; not on the clock)",
+        console=True,
     )
+
+
+def open_run_log(args: Hyperparameters, rt: Runtime, ckpt: dict | None) -> RunLog:
+    """Rank 0 creates the log files (or, resuming, reopens them); every rank learns whether that worked,
+    so none waits forever."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    run_id = ckpt["run_id"] if ckpt else f"{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+    error, log = None, None
+    try:
+        folder = Path(args.records_dir) / args.record
+        log = RunLog(folder, run_id, enabled=rt.master, resumed=ckpt["summary"] if ckpt else None)
+    except UserError as e:
+        error = e
+    if not rt.all_ranks_ok(error is None):
+        raise error or UserError("rank 0 could not create the run log (its error is above).")
+    return log
+
+
+def log_header(log: RunLog, run: Run, rt: Runtime, ckpt: dict | None, info: dict) -> None:
+    """The speedrun's header (the code, the versions), then this run's environment, settings and choices."""
+    args = run.args
+    log.summary.update(info)
+    if rt.master:
+        print(f"logging to {log.txt_path}", flush=True)
+        if ckpt is None or not log.appending:
+            log.set_header(embedded_code(run.sources), environment_info(rt.device, rt.world_size), asdict(args))
+    if ckpt:
+        saved = ckpt["hyperparameters"]
+        changed = {k: v for k, v in asdict(args).items() if k != "resume" and saved.get(k) != v}
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        resumed = dict(step=ckpt["step"], checkpoint=str(args.resume), world_size=rt.world_size, date=now,
+                       command=" ".join([sys.executable] + sys.argv), changed=changed)  # fmt: skip
+        log.summary.setdefault("resumed", []).append(resumed)
+        what = ", ".join(f"--{k}={format_value(v)}" for k, v in changed.items()) or "no option"
+        log.write(f"RESUMED from {args.resume} at step {ckpt['step']}/{args.num_iterations} (world size "
+                  f"{rt.world_size}, {now}; changed: {what})", console=True)  # fmt: skip
+        if rt.master and log.appending:  # the environment of this part of the run
+            for key, value in environment_info(rt.device, rt.world_size).items():
+                if key not in ("python", "nvidia-smi"):
+                    log.write(f"  {key}: {value}")
+    log.write(f"parameters: {sum(p.numel() for p in run.model.parameters()):,}", console=True)
+    log.write(matrix_optimizer_line(info["matrix_optimizer"]), console=True)
+    if info["newton_schulz"]:
+        log.write(newton_schulz_line(info["newton_schulz"]), console=True)
+    if info.get("adam_variant"):
+        log.write(extension("adam_variants", EXTENSIONS["adam_variants"]).describe(args), console=True)
+
+
+def resume_hint(rt: Runtime, path: Path) -> str:
+    """The command that continues an interrupted run from its checkpoint."""
+    launcher = f"torchrun --standalone --nproc_per_node={rt.world_size} " if rt.world_size > 1 else "python "
+    return f"resume it with: {launcher}train_gpt.py --resume={path}"
+
+
+def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, sources: dict[str, str]) -> int:
+    """One run: the startup checks, the log, the kernel warmup and the timed loop. Returns the exit status."""
+    # Everything that can fail on the user's input or this machine happens before any file is created.
+    check_data(args)
+    ckpts = extension("checkpoints", EXTENSIONS["checkpoints"]) if "checkpoints" in extensions_needed(args) else None
+    ckpt = ckpts.read_checkpoint(args.resume) if args.resume else None
+    if ckpt:
+        ckpts.check_resumable(ckpt, args, sources)
+    hellaswag = extension("hellaswag", "--hellaswag") if args.hellaswag else None
+    longest = max(args.train_seq_len, args.val_seq_len)
+    examples = hellaswag.read_hellaswag(args.hellaswag_file, args.vocab_size, longest) if hellaswag else None
     if args.seed is None:
         args.seed = secrets.randbits(31)
     torch.manual_seed(args.seed)
     on_cuda = rt.device.type == "cuda"
     model = build_model(args, attention="flex" if on_cuda else "dense").to(rt.device)
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-    elif rt.world_size > 1:
+    if rt.world_size > 1 and not ckpt:  # rank 0's random initialization, on every rank
         for p in model.parameters():
             dist.broadcast(p.detach(), 0)
     adam, hidden, snoo = build_optimizers(model, args, rt.rank, rt.world_size)
     optimizers = [adam, hidden]
     if ckpt:
-        for opt, saved in zip(optimizers, ckpt["optimizers"]):
-            load_optimizer_state(opt, saved)
-        if snoo:
-            snoo.load_state_dict(ckpt["snoo"])
-    newton_schulz = None
-    if isinstance(hidden, Muon):
-        shapes = [tuple(g["params"][0].shape) for g in hidden.param_groups]
-        newton_schulz = choose_newton_schulz(args.ns_impl, rt, shapes, compiled=args.compile)
-        hidden.set_ns_impl(newton_schulz["used"])
+        ckpts.restore_state(ckpt, model, optimizers, snoo)
+    muon = hidden if isinstance(hidden, Muon) else None
+    info = dict(newton_schulz=None, matrix_optimizer=matrix_optimizer_info(args))
+    if muon:
+        shapes = [tuple(g["params"][0].shape) for g in muon.param_groups]
+        info["newton_schulz"] = choose_newton_schulz(args.ns_impl, rt, shapes, compiled=args.compile)
+        muon.set_ns_impl(info["newton_schulz"]["used"])
+    if "adam_variants" in extensions_needed(args):
+        info["adam_variant"] = extension("adam_variants", EXTENSIONS["adam_variants"]).summary(args)
+    compiled = model
+    if on_cuda and args.compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
+        compiled = torch.compile(model, dynamic=False)
+    drift = extension("weight_drift", "--log_weight_drift") if args.log_weight_drift else None
+    initial = None
+    if drift:
+        initial = drift.initial_weights(ckpt["initial_weights"] if ckpt else model.parameter_kinds(), rt.device)
+    clock = Clock(rt, ckpt["train_time_ms"] if ckpt else 0.0)
+    run = Run(args, model, optimizers, snoo, sources, clock, ckpt["validated_step"] if ckpt else None, initial)
+    folder = Path(args.records_dir) / args.record
 
     log = open_run_log(args, rt, ckpt)
-    log.summary.update(newton_schulz=newton_schulz, matrix_optimizer=matrix_optimizer_info(args))
-    if adam_variant(args):
-        schedule = (
-            dict(
-                eps_max=args.adam_eps_max,
-                start_frac=args.adam_eps_start_frac,
-                end_frac=args.adam_eps_end_frac,
-                growth=args.adam_eps_growth,
-            )
-            if args.adam_eps_max is not None
-            else None
-        )
-        log.summary["adam_variant"] = dict(**adam_variant(args), eps_schedule=schedule)
-    training = Training(args, rt, stopper, log, model, optimizers, snoo, ckpt, hellaswag)
     status = "failed"
     try:
-        status = training.run()
+        log_header(log, run, rt, ckpt, info)
+        if args.warmup_steps:
+            warmup(run, compiled, rt, log, muon)
+        if ckpt:
+            ckpts.restore_rng(ckpt, rt.device)
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(rt.device)  # the warmup's saved state is not the run's
+        N, first = args.num_iterations, ckpt["step"] if ckpt else 0
+        files = shard_files(args.train_files, "train_files", "")
+        start = tuple(ckpt["data_position"]) if ckpt else (0, 0)
+        batches = token_batches(files, args.train_seq_len, args.seqs_per_step, rt.rank, rt.world_size, rt.device, start)
+        windows = {}  # one device tensor per window size: no copy to the GPU per step
+        pending = None  # (step, loss and stop flag on the host, ready event): read one step late, the GPU never idles
+        stopper.deferred = True  # from here a signal stops the run after a whole step, on every rank alike
+        clock.start()
+        for step in range(first, N + 1):
+            last = step == N
+            w = window_blocks(step, args)
+            window = windows.setdefault(w, torch.tensor(w, dtype=torch.int32, device=rt.device))
+            if (last or (args.val_loss_every and step % args.val_loss_every == 0)) and step != run.validated:
+                clock.stop()
+                val_loss = evaluate(compiled, args, rt, window)
+                if not math.isfinite(val_loss):
+                    raise Diverged(f"at step {step}: non-finite validation loss {val_loss}")
+                log.log_val(step, N, val_loss, clock.ms)
+                if drift:
+                    drift.log_drift(log, step, drift.weight_drift(model.parameter_kinds(), initial))
+                run.validated = step
+                clock.start()
+            if args.checkpoint_every and step % args.checkpoint_every == 0 and step not in (first, N):
+                clock.stop()
+                ckpts.save_resume(folder / f"{log.summary['run_id']}.resume.pt", step, run, rt, log)
+                clock.start()
+            if last:
+                break
+            set_schedules(step, args, optimizers)
+            reported = train_step(compiled, next(batches), window, rt, optimizers, snoo, stopper.requested)
+            if pending is not None:
+                done, host, ready = pending
+                if ready is not None:
+                    ready.synchronize()
+                loss, stop = host.tolist()
+                if not math.isfinite(loss):
+                    raise Diverged(f"at step {done}: non-finite train loss {loss}")
+                if stop > 0:  # some rank was asked to stop: every rank stops after this step
+                    log.log_train(step + 1, N, clock.elapsed_ms())
+                    stopper.signum = stopper.signum or signal.SIGTERM  # another rank's signal
+                    raise Interrupted(stopper.signum, after_step=step + 1)
+            pending = (step + 1, *rt.to_host(reported))
+            log.log_train(step + 1, N, clock.elapsed_ms())
+        stopper.deferred = False  # what follows the last step stops at once
+        if on_cuda:
+            log.log_memory(torch.cuda.max_memory_allocated() // MIB, torch.cuda.max_memory_reserved() // MIB)
+        status = "finished"
         log.set_status(status)  # training is done: what follows cannot make it less true
-        training.after_training()
+        after_training(args, rt, log, model, folder, ckpts, hellaswag, examples)
     except Diverged as e:
         log.write(f"DIVERGED {e}; run stopped.", console=True)
         status = "diverged"
@@ -2742,25 +1962,23 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
                 f"INTERRUPTED by {e} after training had finished; the steps after it were not done.", console=True
             )
             return Stopper.exit_code(e.signum)
-        log.write(f"INTERRUPTED by {e} after step {log.summary['steps_done']}; run stopped.", console=True)
+        path = folder / f"{log.summary['run_id']}.resume.pt"
+        saving = e.after_step is not None and args.checkpoint_every
+        hint = resume_hint(rt, path) if saving or (args.checkpoint_every and path.exists()) else (
+            "it cannot be resumed (no checkpoint: --checkpoint_every=0 or none saved yet)")  # fmt: skip
+        log.write(f"INTERRUPTED by {e} after step {log.summary['steps_done']}; run stopped; {hint}.", console=True)
         status = "interrupted"
         log.set_status(status)  # before the last checkpoint, which a scheduler may kill
-        if e.after_step is not None and args.checkpoint_every:
-            with training.off_the_clock():
-                training.save_resume_checkpoint(e.after_step)
+        if saving:
+            clock.stop()
+            ckpts.save_resume(path, e.after_step, run, rt, log)
     except Exception as e:
-        if status == "finished":
-            log.write(f"FAILED after training had finished: {describe_error(e)}")
-            raise
-        if not stopper.requested:
-            log.write(f"FAILED {describe_error(e)}")
+        if status == "finished" or not stopper.requested:
+            log.write(f"FAILED {'after training had finished: ' if status == 'finished' else ''}{describe_error(e)}")
             raise
         # a rank that stopped first broke a collective of this one: interrupted as well
-        log.write(
-            f"INTERRUPTED by {signal.Signals(stopper.signum).name} after step {log.summary['steps_done']}; "
-            f"run stopped ({describe_error(e)}).",
-            console=True,
-        )
+        log.write(f"INTERRUPTED by {signal.Signals(stopper.signum).name} after step {log.summary['steps_done']}; "
+                  f"run stopped ({describe_error(e)}).", console=True)  # fmt: skip
         status = "interrupted"
     finally:
         log.finish(status)
@@ -2769,277 +1987,29 @@ def run(args: Hyperparameters, rt: Runtime, stopper: Stopper) -> int:
     return EXIT_DIVERGED if status == "diverged" else 0
 
 
-class Training:
-    """The logged part of a run: the header, the kernel warmup, training with its validations and
-    checkpoints, and what follows the last step. run() returns the status."""
-
-    def __init__(
-        self,
-        args: Hyperparameters,
-        rt: Runtime,
-        stopper: Stopper,
-        log: RunLog,
-        model: GPT,
-        optimizers: list,
-        snoo: Optional[Snoo],
-        ckpt: Optional[dict],
-        hellaswag: Optional[list],
-    ):
-        self.args, self.rt, self.stopper, self.log, self.model = args, rt, stopper, log, model
-        self.optimizers, self.snoo, self.ckpt, self.hellaswag = optimizers, snoo, ckpt, hellaswag
-        self.on_cuda = rt.device.type == "cuda"
-        self.muon = next((opt for opt in optimizers if isinstance(opt, Muon)), None)
-        self.compiled = model
-        if self.on_cuda and args.compile:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.coordinate_descent_tuning = args.coordinate_descent_tuning
-            self.compiled = torch.compile(model, dynamic=False)
-        self.windows: dict[int, Tensor] = {}  # one device tensor per window size: no copy to the GPU per step
-        self.training_time_ms = ckpt["train_time_ms"] if ckpt else 0.0
-        self.t0 = 0.0
-        self.kinds = model.parameter_kinds()
-        self.initial = None  # the weights at step 0, for --log_weight_drift
-        if args.log_weight_drift:
-            saved = ckpt["initial_weights"] if ckpt else self.kinds
-            self.initial = {k: [p.detach().to(rt.device, copy=True) for p in ps] for k, ps in saved.items()}
-        folder = Path(args.records_dir) / args.record
-        self.resume_path = folder / f"{log.summary['run_id']}.resume.pt"
-        self.weights_path = folder / f"{log.summary['run_id']}.pt"
-
-    def window(self, step: int) -> Tensor:
-        w = window_blocks(step, self.args)
-        if w not in self.windows:
-            self.windows[w] = torch.tensor(w, dtype=torch.int32, device=self.rt.device)
-        return self.windows[w]
-
-    @contextlib.contextmanager
-    def off_the_clock(self):
-        """Validation and checkpoints: every rank's work stops the clock, and restarts it."""
-        self.rt.barrier()
-        self.training_time_ms += 1000 * (time.perf_counter() - self.t0)
-        yield
-        self.rt.barrier()
-        self.t0 = time.perf_counter()
-
-    def elapsed_ms(self) -> float:
-        return self.training_time_ms + 1000 * (time.perf_counter() - self.t0)
-
-    def header(self) -> None:
-        args, rt, log = self.args, self.rt, self.log
-        if rt.master:
-            print(f"logging to {log.txt_path}", flush=True)
-            if self.ckpt is None or not log.appending:
-                log.set_header(
-                    Path(__file__).read_text(encoding="utf-8"), environment_info(rt.device, rt.world_size), asdict(args)
-                )
-        if self.ckpt:
-            resumed = dict(
-                step=self.ckpt["step"],
-                checkpoint=str(args.resume),
-                world_size=rt.world_size,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            )
-            log.write(
-                f"RESUMED from {args.resume} at step {resumed['step']}/{args.num_iterations} "
-                f"(world size {rt.world_size}, {resumed['date']})",
-                console=True,
-            )
-            log.summary.setdefault("resumed", []).append(resumed)
-            if rt.master and log.appending:  # the environment of this part of the run
-                for key, value in environment_info(rt.device, rt.world_size).items():
-                    if key not in ("python", "nvidia-smi"):
-                        log.write(f"  {key}: {value}")
-        log.write(f"parameters: {sum(p.numel() for p in self.model.parameters()):,}", console=True)
-        log.write(matrix_optimizer_line(log.summary["matrix_optimizer"]), console=True)
-        if self.muon:
-            log.write(newton_schulz_line(log.summary["newton_schulz"]), console=True)
-        if log.summary.get("adam_variant"):
-            settings = ", ".join(f"{k}={format_value(v)}" for k, v in log.summary["adam_variant"].items())
-            log.write(f"adam: AdamVariant for every Adam ({settings})", console=True)
-
-    def warmup(self) -> None:
-        """Compile and autotune on random tokens, then restore the state from before (untimed)."""
-        args, rt = self.args, self.rt
-        start = time.perf_counter()
-        saved = snapshot(self.model, self.optimizers, self.snoo)
-        for _ in range(args.warmup_steps):
-            batch = [
-                (
-                    torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device, dtype=torch.int32),
-                    torch.randint(0, args.vocab_size, (args.train_seq_len,), device=rt.device),
-                )
-                for _ in range(args.seqs_per_step // rt.world_size)
-            ]
-            train_step(self.compiled, batch, self.window(0), rt, self.optimizers, self.snoo)
-        restore(saved, self.model, self.optimizers, self.snoo)
-        del saved
-        rt.synchronize()
-        did = warmup_description(
-            self.compiled is not self.model,
-            self.muon is not None and self.muon.compiled,
-            self.muon and self.muon.ns_impl,
-        )
-        self.log.write(
-            f"kernel warmup: {args.warmup_steps} steps in {time.perf_counter() - start:.1f}s ({did}; not on the clock)",
-            console=True,
-        )
-
-    def validate(self, step: int) -> None:
-        val_loss = evaluate(self.compiled, self.args, self.rt, self.window(step))
-        if not math.isfinite(val_loss):
-            raise Diverged(f"at step {step}: non-finite validation loss {val_loss}")
-        self.log.log_val(step, self.args.num_iterations, val_loss, self.training_time_ms)
-        if self.initial is not None:
-            self.log.log_drift(step, weight_drift(self.kinds, self.initial))
-
-    def save_resume_checkpoint(self, step: int) -> None:
-        """Everything the run's future depends on, gathered into one file on rank 0 (every rank takes part)."""
-        args, rt = self.args, self.rt
-        start = time.perf_counter()
-        optimizers = [gathered_state_dict(opt, rt) for opt in self.optimizers]
-        if not rt.master:
-            return
-        payload = dict(
-            format=CHECKPOINT_FORMAT,
-            run_id=self.log.summary["run_id"],
-            step=step,
-            validated_step=self.validated,
-            train_time_ms=self.training_time_ms,
-            world_size=rt.world_size,
-            hyperparameters=asdict(args),
-            source_sha256=source_digest(),
-            data=data_identity(args),
-            data_position=list(self.position(step)),
-            model=copy_to(self.model.state_dict(), "cpu"),
-            optimizers=optimizers,
-            snoo=copy_to(self.snoo.state_dict(), "cpu") if self.snoo else None,
-            rng=dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(rt.device) if self.on_cuda else None),
-            summary=json.loads(json.dumps(self.log.summary)),
-            initial_weights=copy_to(self.initial, "cpu") if self.initial else None,
-        )
-        size = write_atomically(payload, self.resume_path)
-        self.log.write(
-            f"checkpoint at step {step}: {self.resume_path} ({size / GIB:.2f} GiB in "
-            f"{time.perf_counter() - start:.1f}s; not on the clock)",
-            console=True,
-        )
-
-    def position(self, step: int) -> tuple[int, int]:
-        args = self.args
-        counts = [read_shard_header(f) for f in shard_files(args.train_files, "train_files", "")]
-        return stream_position(counts, args.seqs_per_step * args.train_seq_len, step)
-
-    def run(self) -> str:
-        args, rt, log, N = self.args, self.rt, self.log, self.args.num_iterations
-        self.header()
-        if args.warmup_steps:
-            self.warmup()
-        if self.ckpt:  # the random state the run had (only the warmup draws random numbers)
-            torch.set_rng_state(self.ckpt["rng"]["cpu"])
-            if self.on_cuda and self.ckpt["rng"]["cuda"] is not None:
-                torch.cuda.set_rng_state(self.ckpt["rng"]["cuda"], rt.device)
-        if self.on_cuda:
-            torch.cuda.reset_peak_memory_stats(rt.device)  # the warmup's saved state is not the run's
-
-        first = self.ckpt["step"] if self.ckpt else 0
-        self.validated = self.ckpt["validated_step"] if self.ckpt else None  # the last step validated
-        train_batches = token_batches(
-            shard_files(args.train_files, "train_files", ""),
-            args.train_seq_len,
-            args.seqs_per_step,
-            rt.rank,
-            rt.world_size,
-            rt.device,
-            self.position(first),
-        )
-        pending = None  # (step, loss and stop flag on the host, ready event): read one step late, the GPU never idles
-        self.stopper.deferred = True  # from here a signal stops the run after a whole step, on every rank alike
-        rt.barrier()
-        self.t0 = time.perf_counter()
-        for step in range(first, N + 1):
-            last = step == N
-            if (last or (args.val_loss_every and step % args.val_loss_every == 0)) and step != self.validated:
-                with self.off_the_clock():
-                    self.validate(step)
-                self.validated = step
-            if args.checkpoint_every and step % args.checkpoint_every == 0 and step not in (first, N):
-                with self.off_the_clock():
-                    self.save_resume_checkpoint(step)
-            if last:
-                break
-            set_schedules(step, args, self.optimizers)
-            reported = train_step(
-                self.compiled,
-                next(train_batches),
-                self.window(step),
-                rt,
-                self.optimizers,
-                self.snoo,
-                self.stopper.requested,
-            )
-            if pending is not None:
-                done, host, ready = pending
-                if ready is not None:
-                    ready.synchronize()
-                loss, stop = host.tolist()
-                if not math.isfinite(loss):
-                    raise Diverged(f"at step {done}: non-finite train loss {loss}")
-                if stop > 0:
-                    log.log_train(step + 1, N, self.elapsed_ms())
-                    self.stopper.signum = self.stopper.signum or signal.SIGTERM  # another rank's signal
-                    raise Interrupted(self.stopper.signum, after_step=step + 1)
-            pending = (step + 1, *rt.to_host(reported))
-            log.log_train(step + 1, N, self.elapsed_ms())
-        self.stopper.deferred = False  # what follows the last step stops at once
-        if self.on_cuda:
-            log.log_memory(torch.cuda.max_memory_allocated() // MIB, torch.cuda.max_memory_reserved() // MIB)
-        return "finished"
-
-    def after_training(self) -> None:
-        """Off the clock, once training has finished: the final weights and HellaSwag when asked (rank 0;
-        the other ranks learn whether it worked), and the rolling resume checkpoint is removed: a
-        finished run has nothing to resume."""
-        args, rt, log = self.args, self.rt, self.log
-        error = None
-        if rt.master:
-            try:
-                if args.save_checkpoint:
-                    # every rank holds all weights (the matrix optimizers all-gather): rank 0's are the model
-                    payload = dict(
-                        format=CHECKPOINT_FORMAT,
-                        run_id=log.summary["run_id"],
-                        step=args.num_iterations,
-                        hyperparameters=asdict(args),
-                        model=copy_to(self.model.state_dict(), "cpu"),
-                    )
-                    size = write_atomically(payload, self.weights_path, exclusive=True)
-                    log.write(f"checkpoint: {self.weights_path} ({size / GIB:.2f} GiB, final weights)", console=True)
-                if self.hellaswag is not None:
-                    log.log_hellaswag(self.score_hellaswag())
-                if self.resume_path.exists():
-                    self.resume_path.unlink()
-                    log.write(f"removed {self.resume_path}: the run finished", console=True)
-            except Exception as e:
-                error = e
-        if not rt.all_ranks_ok(error is None) and error is not None:
-            raise error
-
-    def score_hellaswag(self) -> dict:
-        start = time.perf_counter()
-        self.model.eval()
-        self.model.attention, attention = "dense", self.model.attention  # exact at these lengths
+def after_training(args, rt: Runtime, log: RunLog, model: nn.Module, folder: Path, ckpts, hellaswag, examples) -> None:
+    """Off the clock, once training has finished: the final weights and HellaSwag when asked (rank 0; the other
+    ranks learn whether it worked), and the rolling resume checkpoint is removed: a finished run has nothing to
+    resume."""
+    error = None
+    if rt.master and ckpts or hellaswag:
         try:
-            result = hellaswag_score(
-                self.model, self.hellaswag, window_blocks(self.args.num_iterations, self.args), self.rt.device
-            )
-        finally:
-            self.model.attention = attention
-            self.model.train()
-        return {**result, "seconds": time.perf_counter() - start}
+            if rt.master and args.save_checkpoint:
+                ckpts.save_final(folder / f"{log.summary['run_id']}.pt", args, model, log)
+            if rt.master and hellaswag:
+                hellaswag.log_result(log, hellaswag.score_run(model, examples, args, rt.device))
+            resume_path = folder / f"{log.summary['run_id']}.resume.pt"
+            if rt.master and resume_path.exists():
+                resume_path.unlink()
+                log.write(f"removed {resume_path}: the run finished", console=True)
+        except Exception as e:
+            error = e
+    if not rt.all_ranks_ok(error is None) and error is not None:
+        raise error
 
 
 def main(argv: list[str]) -> int:
+    sources = {}
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())
         return 0
@@ -3047,9 +2017,11 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
     stopper = Stopper()
     stopper.install()
-    rt = None
+    master = int(os.environ.get("RANK", 0)) == 0  # only rank 0 reports a mistake: once, not once per rank
     try:
-        args = parse_args(argv)
+        script = Path(__file__).read_text(encoding="utf-8")  # the code that runs, read before anything runs
+        args = parse_args(argv)  # imports the modules of speedrun/ that the options ask for
+        sources = {**read_sources(), Path(__file__).name: script}
         rt = resolve_runtime(args)
         if rt.device.type == "cpu" and rt.world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
             # Processes sharing CPU cores slow each other down 20x when each spins several OpenMP threads.
@@ -3057,17 +2029,15 @@ def main(argv: list[str]) -> int:
         if rt.world_size > 1:
             if rt.device.type == "cuda":
                 torch.cuda.set_device(rt.device)
-            dist.init_process_group(
-                backend="nccl" if rt.device.type == "cuda" else "gloo",
-                device_id=(rt.device if rt.device.type == "cuda" else None),
-            )
-        return run(args, rt, stopper)
+            backend = "nccl" if rt.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend, device_id=rt.device if rt.device.type == "cuda" else None)
+        return train(args, rt, stopper, sources)
     except UserError as e:
-        if rt is None or rt.master:
+        if master:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except Interrupted as e:
-        if rt is None or rt.master:
+        if master:
             print(f"interrupted by {e} before the run started; nothing was written.", file=sys.stderr, flush=True)
         return Stopper.exit_code(e.signum)
     except Exception:

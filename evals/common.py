@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from fineweb import DataError, load_gpt2, positive_int  # noqa: E402, F401  (positive_int: an argparse type)
 
 import train_gpt as tg  # noqa: E402
+from speedrun import checkpoints as ck  # noqa: E402
 
 EXIT_USER_ERROR = 2  # the project's exit status for a user's mistake (train_gpt.py uses it too)
 DEVICES = ("auto", "cuda", "cpu")
@@ -42,7 +43,7 @@ def gpt2_encoding():
 def load_model(path, device: torch.device):
     """(model in eval mode on device, its hyperparameters, its attention window in blocks, the most
     tokens one sequence may have), for a checkpoint whose vocabulary holds every GPT-2 token."""
-    model, args, window = tg.model_from_checkpoint(path, device)
+    model, args, window = ck.model_from_checkpoint(path, device)
     if args.vocab_size < GPT2_VOCAB_SIZE:
         raise tg.UserError(
             f"checkpoint {path} has a {args.vocab_size}-token vocabulary, fewer than the "

@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 import train_gpt as tg  # noqa: E402
 from evals.common import DEVICES, REPO, gpt2_encoding, load_model, positive_int, resolve_device, run_main  # noqa: E402
+from speedrun import hellaswag as hs  # noqa: E402
 
 SOURCE_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 DEFAULT_DIR = REPO / "data" / "hellaswag"
 RAW_NAME = "hellaswag_val.jsonl"  # the file as the repository has it
 TOKENS_NAME = "hellaswag_val.tokens.jsonl"  # what train_gpt.py's read_hellaswag reads
 VAL_EXAMPLES = 10_042
-ENDINGS = tg.HELLASWAG_ENDINGS
+ENDINGS = hs.HELLASWAG_ENDINGS
 DOWNLOAD_TIMEOUT_S = 30  # per connect and per read: a dead network is reported instead of hanging
 DOWNLOAD_CHUNK_BYTES = 1 << 16
 # Candidates packed into one forward pass, capped by the model's longest sequence.
@@ -244,11 +245,11 @@ def score(checkpoint: Path, folder: Path, device_name: str, limit: int | None, u
     tokens = folder / TOKENS_NAME
     if not tokens.exists():
         prepare(folder, url=url)
-    examples = tg.read_hellaswag(tokens)[:limit]
+    examples = hs.read_hellaswag(tokens)[:limit]
     check_fits(examples, tokens, args.vocab_size, max_len)
     start = time.perf_counter()
     # hellaswag_score reads each result back to the host, so the clock stops after the GPU's work.
-    result = tg.hellaswag_score(model, examples, window, device, max_tokens=min(PACK_TOKENS, max_len))
+    result = hs.hellaswag_score(model, examples, window, device, max_tokens=min(PACK_TOKENS, max_len))
     seconds = time.perf_counter() - start
     return dict(
         result,

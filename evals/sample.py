@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 import train_gpt as tg  # noqa: E402
 from evals.common import DEVICES, gpt2_encoding, load_model, positive_int, resolve_device, run_main  # noqa: E402
+from speedrun import hellaswag as hs  # noqa: E402
 
 DEFAULT_TOKENS = 100
 
@@ -56,7 +57,7 @@ def generate(
     new = []
     for _ in range(max_new):
         # Drawn on the CPU from a CPU generator: the draws depend on the seed alone, not on the device.
-        logits = model.logits(torch.tensor(seq, device=device), w)[-1, :vocab].cpu()
+        logits = hs.logits(model, torch.tensor(seq, device=device), w)[-1, :vocab].cpu()
         token = next_token(logits, temperature, top_k, generator)
         if token == tg.EOT_TOKEN:
             break

@@ -1,10 +1,12 @@
 """The hyperparameters, presets and command line. The record's values are pinned in test_record.py;
 here every expectation comes from Hyperparameters, PRESETS and the script's constants."""
 
+import re
 import subprocess
 import sys
+import types
 from dataclasses import fields
-from typing import Optional, Union, get_args, get_origin, get_type_hints
+from typing import get_args, get_origin, get_type_hints
 
 import pytest
 import torch
@@ -18,26 +20,22 @@ TINY = tg.PRESETS["tiny"]
 
 def type_text(typ) -> str:
     """How --help names a field's type, written from the command line's rules: `int`, `int or none`,
-    `float,float` for a pair, `float,...` for any length."""
-    optional = get_origin(typ) is Union
+    `float,float` for a pair."""
+    optional = get_origin(typ) is types.UnionType
     if optional:
         (typ,) = [t for t in get_args(typ) if t is not type(None)]
-    if get_origin(typ) is tuple:
-        members = get_args(typ)
-        text = f"{members[0].__name__},..." if members[-1] is Ellipsis else ",".join(t.__name__ for t in members)
-    else:
-        text = typ.__name__
+    text = ",".join(t.__name__ for t in get_args(typ)) if get_origin(typ) is tuple else typ.__name__
     return text + (" or none" if optional else "")
 
 
 def check_every_field_has_a_command_line(script) -> None:
     """Every field: its type is one the command line handles, its default survives format -> parse,
     and --help shows `--name=value (type): help`."""
-    types = get_type_hints(script.Hyperparameters)
+    hints = get_type_hints(script.Hyperparameters)
     defaults = script.Hyperparameters()
     help_lines = script.help_text().splitlines()
     for f in fields(script.Hyperparameters):
-        typ, default = types[f.name], getattr(defaults, f.name)
+        typ, default = hints[f.name], getattr(defaults, f.name)
         script.field_type(typ)  # raises TypeError for a type the command line cannot parse
         text = script.format_value(default)
         parsed = script.parse_value(f.name, text, typ)
@@ -51,53 +49,36 @@ def test_every_field_has_a_command_line():
 
 def test_overrides_are_typed():
     args = tg.parse_args(
-        [
-            "--num_iterations=100",
-            "--cooldown_frac",
-            "0.5",
-            "--compile=false",
-            "--train_files=x/*.bin",
-            "--seed=7",
-            "--snoo_k=0",
-            "--update_smoothing=0",
-        ]
+        ["--num_iterations=100", "--cooldown_frac=0.5", "--compile=false", "--train_files=x/*.bin", "--seed=7"]
     )
     assert args.num_iterations == 100 and isinstance(args.num_iterations, int)
     assert args.cooldown_frac == 0.5 and args.compile is False
     assert args.train_files == "x/*.bin" and args.seed == 7
-    assert args.snoo_k == 0 and args.update_smoothing == 0
     assert tg.parse_args(["--seed=none"]).seed is None
 
 
-@pytest.mark.parametrize(
-    "text, value",
-    [(t, True) for t in ("1", "true", "yes", "on", "TRUE", "On")]
-    + [(t, False) for t in ("0", "false", "no", "off", "False", "OFF")],
-)
-def test_bool_spellings(text, value):
+@pytest.mark.parametrize("text, value", [("true", True), ("false", False)])
+def test_booleans_are_true_or_false(text, value):
     assert tg.parse_value("compile", text, bool) is value
+
+
+@pytest.mark.parametrize("text", ["1", "0", "yes", "no", "on", "off", "TRUE", "False", ""])
+def test_other_boolean_spellings_are_errors(text):
+    with pytest.raises(tg.UserError, match=f"option --compile={text!r}: expected true or false"):
+        tg.parse_value("compile", text, bool)
 
 
 @pytest.mark.parametrize(
     "typ, text, value",
     [
-        (Optional[float], "none", None),
-        (Optional[float], "None", None),
-        (Optional[float], "", None),
-        (Optional[float], "0.5", 0.5),
-        (Optional[float], "-2e-3", -2e-3),
-        (Optional[int], "none", None),
-        (Optional[int], "7", 7),
-        (float | None, "none", None),  # the | spelling of Optional
-        (float | None, "0.25", 0.25),
+        (float | None, "none", None),
+        (float | None, "0.5", 0.5),
+        (float | None, "-2e-3", -2e-3),
+        (int | None, "7", 7),
         (tuple[float, float], "0.9,0.95", (0.9, 0.95)),
-        (tuple[float, float], " 0.9 , 0.95 ", (0.9, 0.95)),
         (tuple[int, int, int], "1,2,3", (1, 2, 3)),
-        (tuple[bool, bool], "true,off", (True, False)),
-        (tuple[float, ...], "1", (1.0,)),
-        (tuple[float, ...], "1,2.5,3", (1.0, 2.5, 3.0)),
-        (Optional[tuple[float, float]], "none", None),
-        (Optional[tuple[float, float]], "0.8,0.95", (0.8, 0.95)),
+        (tuple[float, float] | None, "none", None),
+        (tuple[float, float] | None, "0.8,0.95", (0.8, 0.95)),
     ],
 )
 def test_parse_value_handles_optionals_and_tuples(typ, text, value):
@@ -110,19 +91,16 @@ def test_parse_value_handles_optionals_and_tuples(typ, text, value):
 @pytest.mark.parametrize(
     "typ, text, expected",
     [
-        (Optional[float], "abc", "expected a finite number (or none)"),
+        (float | None, "abc", "expected a finite number (or none)"),
         (float, "inf", "expected a finite number"),
         (float, "nan", "expected a finite number"),
         (int, "2.5", "expected an integer"),
-        (bool, "maybe", "expected true or false"),
         (tuple[float, float], "0.9", "expected 2 comma-separated values, each a finite number"),
         (tuple[float, float], "0.9,0.95,0.99", "expected 2 comma-separated values"),
         (tuple[float, float], "0.9,", "expected 2 comma-separated values"),
         (tuple[float, float], "a,b", "expected 2 comma-separated values, each a finite number"),
         (tuple[int, int], "1,2.5", "each an integer"),
-        (tuple[float, ...], "", "expected one or more comma-separated values"),
-        (tuple[float, ...], "1,x", "expected one or more comma-separated values"),
-        (Optional[tuple[float, float]], "1", "expected 2 comma-separated values, each a finite number (or none)"),
+        (tuple[float, float] | None, "1", "expected 2 comma-separated values, each a finite number (or none)"),
     ],
 )
 def test_bad_values_name_the_option(typ, text, expected):
@@ -132,39 +110,8 @@ def test_bad_values_name_the_option(typ, text, expected):
 
 
 @pytest.mark.parametrize(
-    "typ, text",
-    [
-        (int, "int"),
-        (float, "float"),
-        (bool, "bool"),
-        (str, "str"),
-        (Optional[int], "int or none"),
-        (Optional[float], "float or none"),
-        (tuple[float, float], "float,float"),
-        (tuple[float, ...], "float,..."),
-        (Optional[tuple[int, int]], "int,int or none"),
-    ],
-)
-def test_describe_type(typ, text):
-    assert tg.describe_type(typ) == type_text(typ) == text
-
-
-@pytest.mark.parametrize(
     "typ",
-    [
-        list[int],
-        dict,
-        dict[str, int],
-        list,
-        bytes,
-        complex,
-        Optional[list[int]],
-        Union[int, str],
-        Union[int, str, None],
-        tuple[int, float],
-        tuple[()],
-        tuple[list[int], list[int]],
-    ],
+    [list[int], dict, list, bytes, complex, list[int] | None, int | str, int | str | None, tuple[int, float]],
     ids=str,
 )
 def test_unsupported_field_types_are_type_errors(typ):
@@ -174,18 +121,9 @@ def test_unsupported_field_types_are_type_errors(typ):
 
 @pytest.mark.parametrize(
     "value, text",
-    [
-        (None, "none"),
-        (True, "true"),
-        (False, "false"),
-        (3, "3"),
-        (0.5, "0.5"),
-        (1 / 320, "0.003125"),
-        ((0.9, 0.95), "0.9,0.95"),
-        ((True, False), "true,false"),
-        ("a/b_*.bin", "a/b_*.bin"),
-    ],
-)
+    [(None, "none"), (True, "true"), (False, "false"), (3, "3"), (0.5, "0.5"), (1 / 320, "0.003125"),
+     ((0.9, 0.95), "0.9,0.95"), ("a/b_*.bin", "a/b_*.bin")],
+)  # fmt: skip
 def test_format_value(value, text):
     assert tg.format_value(value) == text
 
@@ -214,8 +152,9 @@ def test_tiny_preset_applies_first_then_overrides():
         ([f"--train_seq_len={tg.ATTN_BLOCK_SIZE + 1}"], "multiple of the attention block"),
         ([f"--num_layers={tg.RECORD_NUM_LAYERS - 4}"], f"defined for {tg.RECORD_NUM_LAYERS} layers"),
         (["--ns_impl=cuda"], "expected auto, triton or torch"),
-        (["--num_iterations"], "needs a value"),
-        (["positional"], "unexpected argument"),
+        (["--num_iterations"], "options are written --name=value"),
+        (["--num_iterations", "5"], "options are written --name=value"),
+        (["positional"], "options are written --name=value"),
         (["--num_iterations=0"], "must be positive"),
         (["--checkpoint_every=-1"], "--checkpoint_every=-1: must be >= 0"),
         (["--adam_init=ones"], "--adam_init='ones': expected zero or grad"),
@@ -237,9 +176,11 @@ def test_world_size_must_divide_sequences(monkeypatch):
             if args.seqs_per_step % ws == 0:
                 assert tg.resolve_runtime(args).world_size == ws
             else:
-                message = f"WORLD_SIZE={ws} does not divide --seqs_per_step={args.seqs_per_step}"
-                with pytest.raises(tg.UserError, match=message):
+                valid = ", ".join(str(n) for n in range(1, args.seqs_per_step + 1) if args.seqs_per_step % n == 0)
+                message = f"{ws} processes (WORLD_SIZE) do not divide --seqs_per_step={args.seqs_per_step}"
+                with pytest.raises(tg.UserError, match=re.escape(message)) as e:
                     tg.resolve_runtime(args)
+                assert f"Start {valid} processes" in str(e.value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU rules")
@@ -283,7 +224,7 @@ def test_help_lists_every_option_and_the_presets_and_exits_zero(tmp_path):
                 "preset": "record",
             }
         else:
-            assert "the defaults" in settings
+            assert settings == "the record"
     assert list(tmp_path.iterdir()) == []  # wrote nothing
 
 

@@ -11,6 +11,7 @@ import torch
 from conftest import synthetic_tokens, write_test_shard
 
 import train_gpt as tg
+from speedrun import hellaswag as hs
 
 
 def test_load_shard_round_trip(tmp_path):
@@ -145,13 +146,13 @@ def test_check_data_counts_steps(tmp_path):
     for i in range(2):
         write_test_shard(tmp_path / f"train_{i}.bin", synthetic_tokens(5 * step + 2, seed=i))  # 5 steps each
     write_test_shard(tmp_path / "val_0.bin", synthetic_tokens(val_steps * val_step + 2))  # just enough
-    tg.check_data(data_args(tmp_path, num_iterations=10), 1)
+    tg.check_data(data_args(tmp_path, num_iterations=10))
     with pytest.raises(tg.UserError) as err:
-        tg.check_data(data_args(tmp_path, num_iterations=11), 1)
+        tg.check_data(data_args(tmp_path, num_iterations=11))
     msg = str(err.value)
     assert "has 2 shard(s) with tokens for 10 steps" in msg and f"11 x {step:,} = {11 * step:,} tokens" in msg
     with pytest.raises(tg.UserError, match=f"needs {val_steps + 1}"):
-        tg.check_data(data_args(tmp_path, num_iterations=10, val_tokens=(val_steps + 1) * val_step), 1)
+        tg.check_data(data_args(tmp_path, num_iterations=10, val_tokens=(val_steps + 1) * val_step))
 
 
 def fineweb_shards_needed(args) -> int:
@@ -163,19 +164,19 @@ def fineweb_shards_needed(args) -> int:
 def check_download_hint(script) -> None:
     """No FineWeb shards: the error says how many to download for the default run."""
     with pytest.raises(script.UserError) as err:
-        script.check_data(script.parse_args(["--device=cpu", "--train_files=data/fineweb10B/nothing_*.bin"]), 8)
+        script.check_data(script.parse_args(["--device=cpu", "--train_files=data/fineweb10B/nothing_*.bin"]))
     assert f"python data/cached_fineweb10B.py {fineweb_shards_needed(script.Hyperparameters())}" in str(err.value)
 
 
 def test_check_data_names_missing_and_bad_files(tmp_path):
     with pytest.raises(tg.UserError) as err:
-        tg.check_data(tg.parse_args(["--device=cpu", f"--train_files={tmp_path}/none_*.bin"]), 8)
+        tg.check_data(tg.parse_args(["--device=cpu", f"--train_files={tmp_path}/none_*.bin"]))
     assert f"no files match --train_files={tmp_path}/none_*.bin" in str(err.value)
     assert "python data/cached_fineweb10B.py" not in str(err.value)  # not the fineweb path: generic hint
     check_download_hint(tg)
     corrupt(tmp_path, "magic").rename(tmp_path / "train_0.bin")
     with pytest.raises(tg.UserError, match="train_0.bin is not a token shard"):
-        tg.check_data(data_args(tmp_path), 1)
+        tg.check_data(data_args(tmp_path))
 
 
 def test_shortfall_of_fineweb_shards_names_the_download(tmp_path):
@@ -192,7 +193,7 @@ def test_shortfall_of_fineweb_shards_names_the_download(tmp_path):
             f.truncate(tg.SHARD_HEADER_BYTES + 2 * tg.FINEWEB_SHARD_TOKENS)  # sparse: right size, no disk used
     step = args.seqs_per_step * args.train_seq_len
     with pytest.raises(tg.UserError) as err:
-        tg.check_data(args, 8)
+        tg.check_data(args)
     msg = str(err.value)
     available = shards * spec_steps_in_shard(tg.FINEWEB_SHARD_TOKENS, step)
     assert f"{shards} shard(s) with tokens for {available} steps" in msg
@@ -207,8 +208,8 @@ def test_hellaswag_file_is_checked_before_training(tmp_path):
     good = dict(context=[5, 6], endings=[[1], [2], [3], [4]], label=2)
     path = tmp_path / "hs.jsonl"
     path.write_text(json.dumps(good) + "\n")
-    assert tg.read_hellaswag(path, vocab_size=10, max_len=4) == [([5, 6], [[1], [2], [3], [4]], 2)]
+    assert hs.read_hellaswag(path, vocab_size=10, max_len=4) == [([5, 6], [[1], [2], [3], [4]], 2)]
     with pytest.raises(tg.UserError, match=r"hs.jsonl, line 1: a token id outside the vocabulary \(0\.\.5\)"):
-        tg.read_hellaswag(path, vocab_size=6)
+        hs.read_hellaswag(path, vocab_size=6)
     with pytest.raises(tg.UserError, match=r"line 1: 4 tokens, more than the model's longest sequence \(3\)"):
-        tg.read_hellaswag(path, vocab_size=10, max_len=3)
+        hs.read_hellaswag(path, vocab_size=10, max_len=3)

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 import train_gpt as tg
+from speedrun import checkpoints as ck
+from speedrun import hellaswag as hs
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "data"))
@@ -115,7 +117,7 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     torch.save(
         dict(
-            format=tg.CHECKPOINT_FORMAT,
+            format=ck.CHECKPOINT_FORMAT,
             model=model.state_dict(),
             hyperparameters=tg.asdict(args),
             step=args.num_iterations,
@@ -128,7 +130,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(checkpoint):
-    model, args, window = tg.model_from_checkpoint(checkpoint, "cpu")
+    model, args, window = ck.model_from_checkpoint(checkpoint, "cpu")
     return model, window
 
 
@@ -164,7 +166,7 @@ def dead_url():
 def ending_logliks(model, window, context, ending):
     """log p(ending token | everything before it) for one candidate scored alone: EOT + context + ending."""
     ids = torch.tensor([EOT, *context, *ending])
-    logp = torch.log_softmax(model.logits(ids, torch.tensor(window, dtype=torch.int32)), dim=-1)
+    logp = torch.log_softmax(hs.logits(model, ids, torch.tensor(window, dtype=torch.int32)), dim=-1)
     return [logp[pos - 1, ids[pos]].item() for pos in range(1 + len(context), len(ids))]
 
 
@@ -228,8 +230,8 @@ def test_every_decision_matches_candidates_scored_alone(loaded, decided):
     model, window = loaded
     same = sum(d[2] == d[3] for d in decided) / len(decided)
     for max_tokens in (1024, 100, 1):
-        by_sum = tg.hellaswag_score(model, [(c, e, s) for c, e, s, _ in decided], window, "cpu", max_tokens)
-        by_mean = tg.hellaswag_score(model, [(c, e, m) for c, e, _, m in decided], window, "cpu", max_tokens)
+        by_sum = hs.hellaswag_score(model, [(c, e, s) for c, e, s, _ in decided], window, "cpu", max_tokens)
+        by_mean = hs.hellaswag_score(model, [(c, e, m) for c, e, _, m in decided], window, "cpu", max_tokens)
         assert by_sum == dict(n=len(decided), acc=1.0, acc_norm=same), max_tokens
         assert by_mean == dict(n=len(decided), acc=same, acc_norm=1.0), max_tokens
 
@@ -237,7 +239,7 @@ def test_every_decision_matches_candidates_scored_alone(loaded, decided):
 def test_acc_and_acc_norm_by_hand(loaded, hellaswag_case):
     model, window = loaded
     examples, acc, acc_norm = hellaswag_case
-    assert tg.hellaswag_score(model, examples, window, "cpu") == dict(n=4, acc=0.5, acc_norm=0.25)
+    assert hs.hellaswag_score(model, examples, window, "cpu") == dict(n=4, acc=0.5, acc_norm=0.25)
     assert (sum(acc) / 4, sum(acc_norm) / 4) == (0.5, 0.25)
 
 
@@ -301,7 +303,7 @@ def test_prepare_tokenizes_a_raw_file(tmp_path, encoding, capsys):
     # GPT-2 ids known independently of tiktoken: "Hello" = 15496; " world" = 995, " there" = 612.
     assert lines[2]["context"] == [15496] and lines[2]["endings"][:2] == [[995], [612]]
     assert EOT not in lines[2]["endings"][3]  # "<|endoftext|>" in the text is text
-    assert [label for *_, label in tg.read_hellaswag(tokens)] == [3, 0, 1]  # train_gpt.py reads it
+    assert [label for *_, label in hs.read_hellaswag(tokens)] == [3, 0, 1]  # train_gpt.py reads it
     assert "3 examples (the full validation set has 10,042)" in capsys.readouterr().err
 
     before = tokens.read_bytes()
@@ -404,7 +406,7 @@ def test_greedy_is_the_argmax_of_the_logits(checkpoint, loaded, encoding):
     prompt = encoding.encode("The meaning of life is")
     seq, expected = [EOT, *prompt], []
     for _ in range(10):
-        token = int(model.logits(torch.tensor(seq), torch.tensor(window, dtype=torch.int32))[-1].argmax())
+        token = int(hs.logits(model, torch.tensor(seq), torch.tensor(window, dtype=torch.int32))[-1].argmax())
         if token == EOT:
             break
         expected.append(token)
@@ -439,8 +441,8 @@ def test_sampling_is_deterministic_given_a_seed(checkpoint, loaded, capsys):
     assert all(len(t) == 6 for t in tokens) and tokens[0] != tokens[1] != other["samples"][0]["tokens"]
     for t in tokens:  # every draw is among the 20 most likely tokens at its step
         for i, token in enumerate(t):
-            logits = model.logits(
-                torch.tensor([EOT, *first["prompt_tokens"], *t[:i]]), torch.tensor(window, dtype=torch.int32)
+            logits = hs.logits(
+                model, torch.tensor([EOT, *first["prompt_tokens"], *t[:i]]), torch.tensor(window, dtype=torch.int32)
             )[-1]
             assert logits[token] >= torch.topk(logits, 20).values[-1]  # ties with the 20th stay in
 

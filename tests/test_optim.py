@@ -14,6 +14,9 @@ import pytest
 import torch
 
 import train_gpt as tg
+from speedrun import adam_variants as av
+from speedrun import matrix_optimizers as mo
+from speedrun import weight_drift as wd
 
 
 def ns_reference(G):
@@ -246,7 +249,7 @@ def check_schedules(script, args) -> None:
     for step in range(args.num_iterations + 1):
         assert script.window_blocks(step, args) == spec_window_blocks(step, args, script.ATTN_BLOCK_SIZE), step
         assert script.lr_multiplier(step, args) == pytest.approx(spec_lr_multiplier(step, args), abs=1e-12), step
-        assert script.muon_momentum(step, args) == pytest.approx(spec_muon_momentum(step, args), abs=1e-12), step
+        assert script.momentum_warmup(step, args) == pytest.approx(spec_muon_momentum(step, args), abs=1e-12), step
 
 
 @pytest.mark.parametrize(
@@ -305,7 +308,7 @@ def check_optimizer_groups(script, args) -> None:
             )
         matrix_lr = args.muon_lr
     else:  # the published lr of --matrix_optimizer, or --matrix_lr
-        published = script.MATRIX_OPTIMIZERS[args.matrix_optimizer]["settings"]["lr"]
+        published = mo.REGISTRY[args.matrix_optimizer]["settings"]["lr"]
         matrix_lr = published if args.matrix_lr is None else args.matrix_lr
         assert all(g["lr"] == matrix_lr for g in hidden.param_groups)
     if args.snoo_k:
@@ -425,7 +428,7 @@ def adam_pair(**variant):
     a = [torch.nn.Parameter(torch.randn(5, 7)), torch.nn.Parameter(torch.randn(3))]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     groups = lambda ps: [dict(params=[ps[0]], lr=0.01), dict(params=[ps[1]], lr=0.003)]  # noqa: E731
-    ours = tg.AdamVariant(groups(a), lr=0.01, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1, **variant)
+    ours = av.AdamVariant(groups(a), lr=0.01, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1, **variant)
     return a, b, ours, groups
 
 
@@ -458,7 +461,7 @@ def test_first_step_of_each_bias_correction_and_init(bc, zero_init, m_factor):
     p = torch.nn.Parameter(torch.randn(64))
     w0 = p.detach().clone()
     g = torch.randn(64)
-    opt = tg.AdamVariant([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=0.0, bias_correction=bc, zero_init=zero_init)
+    opt = av.AdamVariant([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=0.0, bias_correction=bc, zero_init=zero_init)
     p.grad = g.clone()
     opt.step()
     bc1, bc2 = (1 - b1, 1 - b2) if bc else (1.0, 1.0)
@@ -475,7 +478,7 @@ def test_nested_average_is_its_formula(bc, zero_init):
     torch.manual_seed(2)
     p = torch.nn.Parameter(torch.randn(32))
     w = p.detach().double().clone()
-    opt = tg.AdamVariant(
+    opt = av.AdamVariant(
         [p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, bias_correction=bc, zero_init=zero_init, nested=True
     )
     m = v = None
@@ -513,16 +516,16 @@ def test_eps_schedule_is_its_closed_form():
     T, w, E, k, e0, emax = 1000, 0.4, 0.8, 0.01, 1e-10, 1e-3
     A = (emax - e0) / (math.exp(k * T * (E - w)) - 1)
     closed = lambda t: A * math.exp(k * (t - w * T)) + e0 - A  # noqa: E731
-    assert tg.adam_eps_schedule(0, args) == tg.adam_eps_schedule(399, args) == e0
-    assert tg.adam_eps_schedule(400, args) == pytest.approx(e0, rel=1e-9)  # w T: the curve starts at eps0
+    assert av.eps_schedule(0, args) == av.eps_schedule(399, args) == e0
+    assert av.eps_schedule(400, args) == pytest.approx(e0, rel=1e-9)  # w T: the curve starts at eps0
     for t in (401, 500, 650, 799):
-        assert tg.adam_eps_schedule(t, args) == pytest.approx(closed(t), rel=1e-12)
+        assert av.eps_schedule(t, args) == pytest.approx(closed(t), rel=1e-12)
     assert closed(800) == pytest.approx(emax, rel=1e-12)  # E T: it meets eps_max
-    assert tg.adam_eps_schedule(800, args) == tg.adam_eps_schedule(1000, args) == emax
-    values = [tg.adam_eps_schedule(t, args) for t in range(1001)]
+    assert av.eps_schedule(800, args) == av.eps_schedule(1000, args) == emax
+    values = [av.eps_schedule(t, args) for t in range(1001)]
     assert all(a <= b for a, b in zip(values, values[1:]))  # grows monotonically
-    assert tg.adam_eps_schedule(650, args, eps0=1e-8) > tg.adam_eps_schedule(650, args)  # another Adam's own eps0
-    assert tg.adam_eps_schedule(650, tg.parse_args(["--preset=tiny"])) == tg.parse_args(["--preset=tiny"]).adam_eps
+    assert av.eps_schedule(650, args, eps0=1e-8) > av.eps_schedule(650, args)  # another Adam's own eps0
+    assert av.eps_schedule(650, tg.parse_args(["--preset=tiny"])) == tg.parse_args(["--preset=tiny"]).adam_eps
 
 
 def test_defaults_keep_torch_adamw_and_variants_reach_every_adam():
@@ -535,11 +538,11 @@ def test_defaults_keep_torch_adamw_and_variants_reach_every_adam():
     (adam, hidden, _), _ = optimizers()
     assert type(adam) is torch.optim.AdamW and isinstance(hidden, tg.Muon)
     (adam, hidden, _), args = optimizers("--adam_init=grad", "--matrix_optimizer=adam", "--adam_eps_max=1e-4")
-    assert type(adam) is tg.AdamVariant and not adam.defaults["zero_init"]
+    assert type(adam) is av.AdamVariant and not adam.defaults["zero_init"]
     assert [g["lr"] for g in adam.param_groups] == [args.adam_head_lr, args.adam_embed_lr, args.adam_scalar_lr]
     p = hidden.param_groups[0]["params"][0]
     inner = hidden._inner_for(p, hidden.param_groups[0])
-    assert type(inner) is tg.AdamVariant and inner.defaults["zero_init"] is False
+    assert type(inner) is av.AdamVariant and inner.defaults["zero_init"] is False
     # the eps schedule moves every Adam's eps, each from its own start
     tg.set_schedules(args.num_iterations, args, [adam, hidden])
     assert {g["eps"] for g in adam.param_groups} == {hidden.param_groups[0]["eps"]} == {1e-4}
@@ -552,7 +555,7 @@ def test_weight_drift_is_its_formula():
     w0 = [torch.randn(4, 5), torch.randn(3)]
     w = [x + 0.1 * torch.randn_like(x) for x in w0]
     zero = [torch.zeros(6)]
-    got = tg.weight_drift(dict(a=w, head=[torch.ones(6)]), dict(a=w0, head=zero))
+    got = wd.weight_drift(dict(a=w, head=[torch.ones(6)]), dict(a=w0, head=zero))
     flat, flat0 = torch.cat([x.flatten() for x in w]).double(), torch.cat([x.flatten() for x in w0]).double()
     assert got["a"]["distance"] == pytest.approx((flat - flat0).norm().item(), rel=1e-12)
     assert got["a"]["relative_distance"] == pytest.approx(((flat - flat0).norm() / flat0.norm()).item(), rel=1e-12)

@@ -11,8 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import train_gpt as tg
+from speedrun import matrix_optimizers as mo
 
-CHOICES = ["muon", *tg.MATRIX_OPTIMIZERS]
+CHOICES = ["muon", *mo.REGISTRY]
 # shapes like the record's: MLP fc and proj, and a (4, d, d) attention stack (two of one shape, for the ranks)
 SHAPES = [(48, 16), (16, 48), (16, 48), (4, 16, 16)]
 
@@ -32,8 +33,8 @@ def build(name: str, params, rank: int = 0, world_size: int = 1, **overrides):
             rank=rank,
             world_size=world_size,
         )
-    spec, settings = tg.MATRIX_OPTIMIZERS[name], tg.matrix_optimizer_info(args)["settings"]
-    return tg.MasterWeightMatrices(
+    spec, settings = mo.REGISTRY[name], tg.matrix_optimizer_info(args)["settings"]
+    return mo.MasterWeightMatrices(
         params,
         lambda tensors, lr: spec["make"](tensors, lr, settings, False),
         rank=rank,
@@ -115,7 +116,7 @@ def test_shampoo_is_its_algorithm():
     grads = [torch.randn(6, 10) for _ in range(7)]
     settings = dict(lr=0.01, b1=0.9, b2=0.95, eps=1e-6, wd=0.1, freq=2, block=4, g2=0.95, geps=1e-8)
     p = torch.nn.Parameter(w0.clone())
-    opt = tg.Shampoo(
+    opt = mo.Shampoo(
         [p],
         lr=0.01,
         betas=(0.9, 0.95),
@@ -140,7 +141,7 @@ def test_shampoo_is_its_algorithm():
 
 def test_published_settings_are_optimizers_md():
     """optimizers.md, section 1 (an optimizer comparison, not the record: weight decay 0 everywhere)."""
-    s = {name: spec["settings"] for name, spec in tg.MATRIX_OPTIMIZERS.items()}
+    s = {name: spec["settings"] for name, spec in mo.REGISTRY.items()}
     assert s["adam"] == dict(lr=0.0018, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     assert s["shampoo"] == dict(
         lr=0.0018,
@@ -153,7 +154,7 @@ def test_published_settings_are_optimizers_md():
         graft_eps=1e-8,
     )
     assert s["soap"] == dict(lr=0.0018, betas=(0.95, 0.95), eps=1e-8, weight_decay=0.0, precondition_frequency=10)
-    assert tg.MATRIX_OPTIMIZERS["soap"]["library"] == "pytorch-optimizer"
+    assert mo.REGISTRY["soap"]["library"] == "pytorch-optimizer"
 
 
 def test_overrides_resolve_and_wrong_ones_are_named():
@@ -172,7 +173,7 @@ def test_overrides_resolve_and_wrong_ones_are_named():
     line = tg.matrix_optimizer_line(info)
     assert line.startswith("matrix optimizer: shampoo (lr=0.003, betas=0.9,0.99, eps=1e-12,")
     for argv, message in [
-        (["--matrix_lr=0.1"], "applies to --matrix_optimizer=adam, shampoo or soap"),
+        (["--matrix_lr=0.1"], f"applies to --matrix_optimizer={', '.join(mo.REGISTRY)};"),
         (["--matrix_optimizer=adam", "--matrix_precondition_frequency=3"], "adam has no such setting"),
         (["--matrix_optimizer=lion"], "expected one of muon, adam, shampoo, soap"),
         (["--matrix_optimizer=adam", "--matrix_lr=-1"], "must be 0 or more"),

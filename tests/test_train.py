@@ -15,6 +15,8 @@ import torch
 from conftest import REPO, TINY_TRAIN_SHARD_TOKENS, TINY_TRAIN_SHARDS, cpu_env, synthetic_tokens, write_test_shard
 
 import train_gpt as tg
+from speedrun import checkpoints as ck
+from speedrun import matrix_optimizers as mo
 
 TINY = tg.parse_args(["--preset=tiny"])
 TINY_STEP_TOKENS = TINY.seqs_per_step * TINY.train_seq_len
@@ -287,6 +289,7 @@ def resume_runs(tmp_path_factory):
     runs["B_checkpoint"] = root / "B.resume.pt"  # a copy: a finished run removes its own
     runs["B_checkpoint"].write_bytes(checkpoint.read_bytes())
     runs["B_summary_at_stop"] = json.loads(next(folder.glob("*.json")).read_text())
+    runs["B_left_at_stop"] = [str(p) for p in folder.iterdir()]
     runs["B_log_at_stop"] = next(folder.glob("*.txt")).read_text()
     runs["B"] = run_resume(root / "B", checkpoint)
     runs["B_left"] = sorted(p.name for p in folder.iterdir())
@@ -313,7 +316,10 @@ def test_sigterm_stops_after_a_whole_step_and_saves_a_last_checkpoint(resume_run
     assert stopped.returncode == 128 + signal.SIGTERM and "Traceback" not in stopped.stderr
     lines = resume_runs["B_log_at_stop"].splitlines()
     stop = next(i for i, line in enumerate(lines) if line.startswith("INTERRUPTED"))
-    step = int(re.fullmatch(r"INTERRUPTED by SIGTERM after step (\d+); run stopped\.", lines[stop])[1])
+    m = re.fullmatch(r"INTERRUPTED by SIGTERM after step (\d+); run stopped; resume it with: (.*)\.", lines[stop])
+    step = int(m[1])
+    (checkpoint,) = [p for p in resume_runs["B_left_at_stop"] if p.endswith(".resume.pt")]
+    assert m[2] == f"python train_gpt.py --resume={checkpoint}"  # the command that continues it
     assert 4 <= step < 8 and TRAIN_LINE.match(lines[stop - 1])[1] == str(step)
     # the record says "interrupted" first; then the last checkpoint, off the clock
     assert re.fullmatch(
@@ -366,7 +372,9 @@ def test_two_processes_stop_together_and_resume_on_one(resume_runs):
     txt_c = next((root / "C" / "records" / TINY.record).glob("*.txt"))
     text = txt_c.read_text()
     assert "world_size: 2" in text and "torch_threads: 1" in text
-    step = int(re.search(r"^INTERRUPTED by SIGTERM after step (\d+); run stopped\.$", text, re.M)[1])
+    m = re.search(r"^INTERRUPTED by SIGTERM after step (\d+); run stopped; resume it with: (.*)\.$", text, re.M)
+    step = int(m[1])
+    assert m[2].startswith("torchrun --standalone --nproc_per_node=2 train_gpt.py --resume=")
     ckpt = torch.load(resume_runs["C_checkpoint"], weights_only=True)
     assert ckpt["step"] == step > 4 and ckpt["world_size"] == 2
     # Muon's state of both ranks is in the one file: every hidden matrix has its momentum
@@ -418,34 +426,33 @@ def test_resume_allows_what_does_not_change_the_math_and_checks_data_and_script(
     ckpt = resume_runs["B_checkpoint"]
     args = tg.parse_args([f"--resume={ckpt}", "--record=elsewhere", "--checkpoint_every=5", "--compile=false"])
     assert (args.record, args.checkpoint_every, args.num_iterations, args.model_dim) == ("elsewhere", 5, 8, 64)
-    saved = tg.read_checkpoint(ckpt)
-    tg.check_resumable(saved, args)  # the same data and script
+    saved = ck.read_checkpoint(ckpt)
+    ck.check_resumable(saved, args, tg.read_sources())  # the same data and script
     # the same shards elsewhere are fine; other shards are not
     train, val = resume_runs["data"]
     for f in list(train.parent.glob(train.name)) + list(val.parent.glob(val.name)):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     args.train_files, args.val_files = str(tmp_path / train.name), str(tmp_path / val.name)
-    tg.check_resumable(saved, args)
+    ck.check_resumable(saved, args, tg.read_sources())
     last = sorted(tmp_path.glob(train.name))[0]
     write_test_shard(last, synthetic_tokens(TINY_TRAIN_SHARD_TOKENS - 5, seed=99))
     with pytest.raises(tg.UserError, match=r"the train shards differ from the checkpoint's run"):
-        tg.check_resumable(saved, args)
-    monkeypatch.setattr(tg, "source_digest", lambda: "another script")
-    with pytest.raises(tg.UserError, match="written by another train_gpt.py"):
-        tg.check_resumable(saved, tg.parse_args([f"--resume={ckpt}", "--record=elsewhere"]))
-    monkeypatch.undo()
+        ck.check_resumable(saved, args, tg.read_sources())
+    edited = {**tg.read_sources(), "train_gpt.py": "# another script"}
+    with pytest.raises(tg.UserError, match=r"written by other code \(train_gpt.py differs\)"):
+        ck.check_resumable(saved, tg.parse_args([f"--resume={ckpt}", "--record=elsewhere"]), edited)
     weights_only = next((resume_runs["root"] / "B" / "records" / TINY.record).glob("*.pt"))
     with pytest.raises(tg.UserError, match="holds the final weights only"):
         tg.parse_args([f"--resume={weights_only}"])
     # B finished: its checkpoint (a copy) cannot reopen it where it logs (the checkpoint's records_dir)
     args = tg.parse_args([f"--resume={ckpt}"])
     with pytest.raises(tg.UserError, match=r"has finished \(.*\.json says so\)"):
-        tg.check_resumable(saved, args)
+        ck.check_resumable(saved, args, tg.read_sources())
 
 
 def test_checkpoints_are_written_atomically_and_loaded_weights_only(tmp_path, monkeypatch):
     path = tmp_path / "run.resume.pt"
-    tg.write_atomically(dict(format=tg.CHECKPOINT_FORMAT, step=1, x=torch.ones(3)), path)
+    ck.save(dict(format=ck.CHECKPOINT_FORMAT, step=1, x=torch.ones(3)), path)
     before = path.read_bytes()
 
     def killed_midway(payload, f):
@@ -454,18 +461,18 @@ def test_checkpoints_are_written_atomically_and_loaded_weights_only(tmp_path, mo
 
     monkeypatch.setattr(torch, "save", killed_midway)
     with pytest.raises(KeyboardInterrupt):
-        tg.write_atomically(dict(format=tg.CHECKPOINT_FORMAT, step=2), path)
+        ck.save(dict(format=ck.CHECKPOINT_FORMAT, step=2), path)
     assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
     monkeypatch.undo()
-    assert tg.read_checkpoint(path)["step"] == 1
+    assert ck.read_checkpoint(path)["step"] == 1
     # a pickle that needs code to load is refused, not run
     evil = tmp_path / "evil.pt"
-    torch.save(dict(format=tg.CHECKPOINT_FORMAT, payload=tg.Stopper()), evil)
+    torch.save(dict(format=ck.CHECKPOINT_FORMAT, payload=tg.Stopper()), evil)
     with pytest.raises(tg.UserError, match="is not a readable checkpoint"):
-        tg.read_checkpoint(evil)
+        ck.read_checkpoint(evil)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(tg.UserError, match="is not a readable checkpoint"):
-        tg.read_checkpoint(tmp_path / "junk.pt")
+        ck.read_checkpoint(tmp_path / "junk.pt")
 
 
 def test_ctrl_c_ends_the_run_with_a_true_record(tmp_path, tiny_data):
@@ -482,7 +489,9 @@ def test_ctrl_c_ends_the_run_with_a_true_record(tmp_path, tiny_data):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err
     lines = txt.read_text().splitlines()
-    step = int(re.fullmatch(r"INTERRUPTED by SIGINT after step (\d+); run stopped\.", lines[-1])[1])
+    step = int(
+        re.fullmatch(r"INTERRUPTED by SIGINT after step (\d+); run stopped; it cannot be resumed .*", lines[-1])[1]
+    )
     assert TRAIN_LINE.match(lines[-2])[1] == str(step) and step < 10  # after a whole step, soon
     summary = json.loads(txt.with_suffix(".json").read_text())
     assert summary["status"] == "interrupted" and summary["steps_done"] == step
@@ -530,7 +539,7 @@ def test_startup_errors_come_before_any_file(tmp_path, tiny_data):
         assert not (tmp_path / "records").exists()
 
 
-@pytest.mark.parametrize("name", list(tg.MATRIX_OPTIMIZERS))
+@pytest.mark.parametrize("name", list(mo.REGISTRY))
 def test_every_matrix_optimizer_trains_and_is_logged(tmp_path, tiny_data, name):
     out = run_train(
         tmp_path,
