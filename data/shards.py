@@ -6,10 +6,13 @@ A shard is a header of SHARD_HEADER_INTS little-endian int32 values
 keeps its own reader (it must not depend on data/); tests check the two agree.
 """
 
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for speedrun/
+from speedrun.files import atomic_path  # noqa: E402
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -52,11 +55,9 @@ def write_shard(path, tokens):
     header[0] = SHARD_MAGIC
     header[1] = SHARD_VERSION
     header[2] = tokens.size
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as temp, open(temp, "wb") as f:
         f.write(header.tobytes())
         f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-    os.replace(tmp, path)
 
 
 def read_shard_header(path):

@@ -12,8 +12,6 @@ GPT-2 tokens that this script and train_gpt.py score. Metric, data and caching: 
 import argparse
 import http.client
 import json
-import os
-import secrets
 import sys
 import time
 import urllib.request
@@ -24,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 import train_gpt as tg  # noqa: E402
 from evals.common import DEVICES, REPO, gpt2_encoding, load_model, positive_int, resolve_device, run_main  # noqa: E402
 from speedrun import hellaswag as hs  # noqa: E402
+from speedrun.files import atomic_path  # noqa: E402
 
 SOURCE_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 DEFAULT_DIR = REPO / "data" / "hellaswag"
@@ -100,16 +99,11 @@ def tokenize_file(path: Path, encoding, source: str, fix: str) -> list[dict]:
     return examples
 
 
-def fresh_temp(folder: Path, name: str) -> Path:
-    """A new empty file next to folder/name, so that os.replace onto it is atomic. Made with open(),
-    unlike tempfile.mkstemp, so it gets the usual permissions (the umask's), not owner-only."""
+def writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        temp = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
-        temp.open("xb").close()
     except OSError as e:
         raise tg.UserError(f"cannot write to --dir {folder} ({e.strerror}); choose a writable folder.") from None
-    return temp
 
 
 def offline_help(url: str, folder: Path, error: Exception) -> str:
@@ -122,64 +116,55 @@ def offline_help(url: str, folder: Path, error: Exception) -> str:
     )
 
 
-def download(url: str, folder: Path) -> Path:
-    """Fetch url into a temporary file in folder, with a progress bar; the caller renames or deletes it."""
+def download(url: str, temp: Path, folder: Path) -> None:
+    """Fetch url into temp (a file the caller keeps or removes), with a progress bar."""
     from tqdm import tqdm
 
-    temp = fresh_temp(folder, RAW_NAME)
     try:
-        try:
-            response = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)
-        except (OSError, ValueError, http.client.HTTPException) as e:  # offline, refused, HTTP error, bad URL
-            raise tg.UserError(offline_help(url, folder, e)) from None
-        expected = int(response.headers.get("Content-Length") or 0) or None
-        received = 0
-        with (
-            response,
-            open(temp, "wb") as out,
-            tqdm(total=expected, unit="B", unit_scale=True, desc=RAW_NAME, file=sys.stderr) as bar,
-        ):
-            while True:
-                try:
-                    chunk = response.read(DOWNLOAD_CHUNK_BYTES)
-                except (OSError, http.client.HTTPException) as e:
-                    raise tg.UserError(offline_help(url, folder, e)) from None
-                if not chunk:
-                    break
-                try:
-                    out.write(chunk)
-                except OSError as e:
-                    raise tg.UserError(
-                        f"cannot write {temp} ({e.strerror}); free some disk space or choose another --dir."
-                    ) from None
-                received += len(chunk)
-                bar.update(len(chunk))
-        if expected is not None and received != expected:
-            raise tg.UserError(
-                offline_help(
-                    url, folder, ConnectionError(f"the connection closed after {received:,} of {expected:,} bytes")
-                )
+        response = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)
+    except (OSError, ValueError, http.client.HTTPException) as e:  # offline, refused, HTTP error, bad URL
+        raise tg.UserError(offline_help(url, folder, e)) from None
+    expected = int(response.headers.get("Content-Length") or 0) or None
+    received = 0
+    with (
+        response,
+        open(temp, "wb") as out,
+        tqdm(total=expected, unit="B", unit_scale=True, desc=RAW_NAME, file=sys.stderr) as bar,
+    ):
+        while True:
+            try:
+                chunk = response.read(DOWNLOAD_CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as e:
+                raise tg.UserError(offline_help(url, folder, e)) from None
+            if not chunk:
+                break
+            try:
+                out.write(chunk)
+            except OSError as e:
+                raise tg.UserError(
+                    f"cannot write {temp} ({e.strerror}); free some disk space or choose another --dir."
+                ) from None
+            received += len(chunk)
+            bar.update(len(chunk))
+    if expected is not None and received != expected:
+        raise tg.UserError(
+            offline_help(
+                url, folder, ConnectionError(f"the connection closed after {received:,} of {expected:,} bytes")
             )
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return temp
+        )
 
 
 def write_lines(path: Path, records: list) -> None:
     """JSON lines written to a temporary file, then renamed: a crash never leaves half a file at path."""
-    temp = fresh_temp(path.parent, path.name)
+    writable(path.parent)
     try:
-        with open(temp, "w", encoding="utf-8") as f:
+        with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(record, separators=(",", ":")) + "\n")
-        os.replace(temp, path)
     except OSError as e:
         raise tg.UserError(
             f"cannot write {path} ({e.strerror}); free some disk space or choose another --dir."
         ) from None
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def prepare(folder: Path, raw: Path | None = None, url: str = SOURCE_URL) -> Path:
@@ -198,8 +183,9 @@ def prepare(folder: Path, raw: Path | None = None, url: str = SOURCE_URL) -> Pat
         source = str(cached)
     else:
         print(f"downloading {url} to {cached}", file=sys.stderr)
-        temp = download(url, folder)
-        try:
+        writable(folder)
+        with atomic_path(cached) as temp:
+            download(url, temp, folder)
             # Checked before it is kept: a wrong page (a proxy's, an error's) must not become the cache.
             examples = tokenize_file(
                 temp,
@@ -207,9 +193,6 @@ def prepare(folder: Path, raw: Path | None = None, url: str = SOURCE_URL) -> Pat
                 f"the file downloaded from {url}",
                 "That URL did not give the HellaSwag validation set; check --url.",
             )
-            os.replace(temp, cached)
-        finally:
-            temp.unlink(missing_ok=True)
         source = url
     tokens = folder / TOKENS_NAME
     write_lines(tokens, examples)

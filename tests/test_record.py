@@ -169,6 +169,49 @@ def test_model_is_the_record():
     check_model(tg)
 
 
+def check_block_insides(script):
+    """Attention, MLP and head compute the record's formulas (tests/test_model.py checks the wiring around
+    them with the script's own blocks): q, k = rotary(norm(.)), v = norm(v) mixed with the value embedding,
+    scale 0.12; relu(x W_fc^T)^2 W_proj^T; softcap 15 * z / sqrt(z^2 + 15^2) of the bf16 head."""
+    torch.manual_seed(0)
+    args = script.parse_args(["--preset=tiny", "--model_dim=64", "--head_dim=32"])
+    model = perturbed_model(script, args)
+    block, T = model.blocks[0], 2 * 128
+    x = torch.randn(1, T, args.model_dim).bfloat16()
+    ve, lambdas = torch.randn(1, T, args.model_dim).bfloat16(), torch.tensor([0.7, -0.4])
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    rms = lambda t: torch.nn.functional.rms_norm(t, (t.size(-1),))  # noqa: E731
+    with torch.no_grad():
+        w, H, D = block.attn.qkvo_w, args.num_heads, args.head_dim
+        q, k, v = torch.nn.functional.linear(x, w[:3].flatten(end_dim=1)).view(1, T, 3 * H, D).chunk(3, dim=-2)
+        q, k, v = model.rotary(rms(q)), model.rotary(rms(k)), lambdas[0] * rms(v) + lambdas[1] * ve.view(1, T, H, D)
+        y = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=0.12
+        )
+        want = torch.nn.functional.linear(y.transpose(1, 2).reshape(1, T, H * D), w[3])
+        torch.testing.assert_close(block.attn(x, ve, lambdas, model.rotary, mask), want, rtol=0, atol=0)
+        h = torch.nn.functional.relu(torch.nn.functional.linear(x, block.mlp.fc_w)).square()
+        torch.testing.assert_close(block.mlp(x), torch.nn.functional.linear(h, block.mlp.proj_w))
+        z = torch.nn.functional.linear(x[0], model.lm_head_w.bfloat16()).float()
+        torch.testing.assert_close(model.head(x[0]), 15 * z / torch.sqrt(z**2 + 15**2))
+
+
+def test_block_insides_are_the_records():
+    check_block_insides(tg)
+
+
+def check_download_defaults():
+    """data/cached_fineweb10B.py fetches what the record reads: 5590 steps of 524,288 tokens, 30 shards."""
+    sys.path.insert(0, str(Path(tg.__file__).parent / "data"))
+    import cached_fineweb10B as dl
+
+    assert (dl.RECORD_STEPS, dl.TOKENS_PER_STEP, dl.DEFAULT_TRAIN_SHARDS) == (5590, 524_288, 30)
+
+
+def test_download_defaults_are_the_record():
+    check_download_defaults()
+
+
 def test_scalars_start_as_the_record():
     """[16 skip weights = 1 | 16 x (1, 0, 0) block lambdas | 16 x (0.5, 0.5) attention lambdas],
     on a model of the record's structure at a tiny width."""
@@ -337,7 +380,16 @@ def test_log_lines_are_the_records():
 # a changed script fails here, and the derived checks of the other files still pass on it
 
 # Hyperparameters defaults and layer-structure constants of a would-be record attempt.
-CHANGED_DEFAULTS = dict(num_iterations=4000, muon_lr=0.04, adam_embed_lr=0.2, muon_momentum_warmup_steps=200)
+CHANGED_DEFAULTS = dict(
+    num_iterations=4000,
+    muon_lr=0.04,
+    adam_embed_lr=0.2,
+    muon_momentum_warmup_steps=200,
+    cooldown_frac=0.6,
+    max_window_tokens=3072,
+)
+# an edit of a block's insides: the MLP's activation
+CHANGED_CODE = {"F.relu(F.linear(x, self.fc_w)).square()": "F.gelu(F.linear(x, self.fc_w))"}
 CHANGED_CONSTANTS = dict(
     NUM_VALUE_EMBEDS="3", NO_ATTENTION_BLOCK="6", UNET_SKIPS="{8: 7, 12: 3}", LONG_WINDOW_BLOCKS="(0, 8, 15)"
 )
@@ -350,6 +402,9 @@ def changed_source(source: str) -> str:
     for name, value in CHANGED_CONSTANTS.items():
         source, n = re.subn(rf"^{name} = [^#\n]*?(?=\s*(#|$))", f"{name} = {value}", source, count=1, flags=re.M)
         assert n == 1, f"the constant {name} is no longer assigned at the start of a line"
+    for old, new in CHANGED_CODE.items():
+        assert source.count(old) == 1, f"the code {old!r} is no longer in the script"
+        source = source.replace(old, new)
     return source
 
 
@@ -377,7 +432,8 @@ def test_a_changed_script_fails_the_record_and_passes_the_derived_checks(changed
     for name, value in CHANGED_CONSTANTS.items():
         assert getattr(script, name) == ast.literal_eval(value) != getattr(tg, name), name
     # the record's sections that the changes touch fail ...
-    for check in (check_hyperparameters, check_layer_structure, check_model, check_optimizers, check_schedule_values):
+    checks = (check_hyperparameters, check_layer_structure, check_model, check_optimizers, check_schedule_values)
+    for check in (*checks, check_block_insides):
         with pytest.raises(AssertionError):
             check(script)
     with pytest.raises(AssertionError):

@@ -411,7 +411,7 @@ def test_diagnostics_reach_the_log_and_the_summary(resume_runs):
     "argv, field",
     [
         (["--model_dim=128"], "--model_dim=128 (the checkpoint's run: 64)"),
-        (["--muon_lr=0.05"], "--muon_lr=0.05 (the checkpoint's run: 0.03)"),
+        (["--muon_lr=0.05"], f"--muon_lr=0.05 (the checkpoint's run: {tg.format_value(TINY.muon_lr)})"),
         (["--num_iterations=9"], "--num_iterations=9 (the checkpoint's run: 8)"),
         (["--matrix_optimizer=adam"], "--matrix_optimizer=adam (the checkpoint's run: muon)"),
     ],
@@ -561,6 +561,37 @@ def test_every_matrix_optimizer_trains_and_is_logged(tmp_path, tiny_data, name):
     assert "newton_schulz" not in txt.read_text().split(tg.LOG_RULE)[-1].split("parameters:")[1]
     if name == "soap":
         assert re.search(r"; pytorch-optimizer \d+\.\d+", tg.matrix_optimizer_line(info))
+    # the log holds all the code that ran: the script, then the research module under its header
+    code = txt.read_text().split(tg.LOG_RULE)[0]
+    script, *parts = re.split(r"^# ==== file: (\S+) ====\n", code, flags=re.M)
+    modules = dict(zip(parts[0::2], parts[1::2]))
+    assert script == (REPO / "train_gpt.py").read_text()
+    assert "speedrun/matrix_optimizers.py" in modules and "speedrun/checkpoints.py" not in modules
+    for path, text in modules.items():
+        assert text.rstrip("\n") == (REPO / path).read_text().rstrip("\n"), path
+
+
+def test_train_gpt_alone_runs_the_tiny_preset_and_logs_itself_alone(tmp_path, tiny_data):
+    """train_gpt.py copied alone into an empty folder runs; its log's code part is the script, nothing else;
+    an option whose module is not beside it is a one-paragraph error before any file."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "train_gpt.py").write_bytes((REPO / "train_gpt.py").read_bytes())
+    train, val = tiny_data
+    common = [sys.executable, "train_gpt.py", "--preset=tiny", f"--train_files={train}", f"--val_files={val}"]
+    common += [*SMALL, "--num_iterations=3", "--val_loss_every=0", "--warmup_steps=1"]
+    out = subprocess.run(common, cwd=alone, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (txt,) = (alone / "records" / TINY.record).glob("*.txt")
+    assert json.loads(txt.with_suffix(".json").read_text())["status"] == "finished"
+    assert txt.read_text().split(tg.LOG_RULE)[0] == (REPO / "train_gpt.py").read_text() + "\n"
+    out = subprocess.run(
+        [*common, "--matrix_optimizer=shampoo", "--record=other"], cwd=alone, env=cpu_env(), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "needs speedrun/matrix_optimizers.py beside train_gpt.py" in out.stderr
+    assert not (alone / "records" / "other").exists()
 
 
 @pytest.mark.gpu
