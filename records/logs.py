@@ -190,7 +190,7 @@ def read_log(path: Path) -> Run | Rejected:
     start = _body_start(text)
     # body starts with a newline, the one before its first line
     body = b"\n" + text if start < 0 else text[start:]
-    offset = 0 if start < 0 else text.count(b"\n", 0, start)  # lines before the body's first line
+    offset = 0 if start < 0 else text.count(b"\n", 0, start) + 1  # lines before the body's first line
 
     vals = [m for m in _VAL_LINE.finditer(body)]
     diverged = body.find(b"\nDIVERGED")
