@@ -739,3 +739,24 @@ def test_enough_runs_carry_no_note(batch, capsys):
     folder, _, _ = batch
     report, _ = run_json([folder], capsys)
     assert report["few_runs"] is False and report["note"] is None
+
+
+def test_an_interval_wider_than_the_axis_is_shown_clipped(tmp_path, capsys, monkeypatch):
+    """Two runs far apart relative to their distance from each other: the 99% interval (t with 1 degree of
+    freedom) is about 90 times wider than the axis, which spans the runs. The span is cut at the axis, each
+    cut end gets an arrow, and the legend gives the whole interval."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    public_log(tmp_path / "a.txt", 5.30, 1_000_000)
+    public_log(tmp_path / "b.txt", 5.31, 1_000_000)
+    loaded = logs.load([str(tmp_path)])
+    report, pvalues = evidence.analyse(loaded, TARGET, 100, 40, 0)
+    lo, hi = report["val_loss"]["ci99"]
+    fig = evidence.figure(report, loaded.runs, pvalues, None)
+    finals = next(ax for ax in fig.axes if ax.get_title().startswith("Final val loss"))
+    x_lo, x_hi = finals.get_xlim()
+    assert lo < x_lo and hi > x_hi
+    (span,) = [p for p in finals.patches if p.get_label().startswith("99% interval")]
+    assert span.get_x() == pytest.approx(x_lo) and span.get_x() + span.get_width() == pytest.approx(x_hi)
+    assert f"({lo:.6g} to {hi:.6g}), clipped at the axis (arrows)" in span.get_label()
+    markers = sorted(line.get_marker() for line in finals.lines if line.get_marker() in ("<", ">"))
+    assert markers == ["<", ">"]

@@ -268,3 +268,25 @@ def test_ill_conditioning_slows_plain_sgd_and_the_sweep_is_small_enough_for_ci()
     results = mlr.study(args)
     full = [p["runs"]["full"]["sgd"]["distance_to_ls"] for p in results["sweep"]]
     assert full[0] < 1e-2 < full[1]
+
+
+# ----------------------------------------------------------------------------------- the published setting
+
+
+def test_published_comparison_commands(capsys):
+    from experiments import published_comparison as pc
+
+    assert pc.main(["--dry-run", "--runs", "2", "--launch", "python train_gpt.py", "--", "--preset=tiny"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    train, last = [line.split() for line in lines[:-1]], lines[-1].split()
+    assert len(train) == 2 * len(pc.CONFIGURATIONS)
+    for command in train:
+        assert command[:2] == ["python", "train_gpt.py"] and "--snoo_k=0" in command and command[-1] == "--preset=tiny"
+    published = next(c for c in train if "--record=cmp-muon-published" in c)
+    for option in ("--update_smoothing=0", "--muon_lr=0.02", "--muon_momentum=0.95", "--muon_momentum_start=0.95"):
+        assert option in published
+    record = next(c for c in train if "--record=cmp-muon-record" in c)
+    assert not any(o.startswith(("--update_smoothing", "--muon_lr")) for o in record)  # the record's own settings
+    optimizers = {o.split("=")[1] for c in train for o in c if o.startswith("--matrix_optimizer=")}
+    assert optimizers == {"muon", "adam", "shampoo", "soap"}
+    assert last[1:] == ["records/compare.py", *(f"records/cmp-{name}" for name in pc.CONFIGURATIONS)]
