@@ -65,6 +65,16 @@ def whole(least: int, what: str) -> Callable[[str], int]:
     return parse
 
 
+def add_at_step(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--at-step",
+        type=whole(1, "a positive"),
+        metavar="STEP",
+        help="take every run's val loss at this step instead of its last one (the optimization track lets a "
+        "batch stop all its runs at one step chosen alike for all); runs without a validation there are skipped",
+    )
+
+
 def add_output_options(parser: argparse.ArgumentParser, markdown_help: str, plot_help: str) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help=markdown_help)
@@ -93,10 +103,10 @@ def runs_text(n: int) -> str:
     return f"{n} run" if n == 1 else f"{n} runs"
 
 
-def load_checked(paths: list[str], what: str) -> logs.Loaded:
+def load_checked(paths: list[str], what: str, at_step: int | None = None) -> logs.Loaded:
     """The runs among the paths, with a warning on stderr for every skipped input; no finished run is an
     error. Runs of different lengths are a warning."""
-    loaded = logs.load(paths)
+    loaded = logs.load(paths, at_step)
     for note in loaded.notes:
         print(note, file=sys.stderr)
     for skip in loaded.skips:

@@ -493,6 +493,8 @@ def notes(report: dict) -> list[str]:
                 f"{b['label']}: runs of different lengths; the step-adjusted comparison uses their mean steps, "
                 f"{b['steps_mean']:g}, and the mean curve only the validations all of them share."
             )
+    if report.get("at_step") is not None:
+        out.append(f"every run's val loss at step {report['at_step']} (--at-step), not at its last step.")
     if not report["pairs"]:
         return out
     out.append("loss A-B, time A-B: differences of the means, Welch t-test, two-sided p.")
@@ -742,11 +744,12 @@ def parse_args(argv: list[str] | None):
         help=f"score needed for a verdict under the optimization track's rule (default {tracks.MARGIN:g}, "
         f"derived there for sigma {tracks.SIGMA:g})",
     )
+    cli.add_at_step(parser)
     cli.add_output_options(parser, "write the tables as markdown to FILE", "write a figure to FILE.png")
     return parser.parse_args(argv)
 
 
-def load_batches(folders: list[str]) -> list[Batch]:
+def load_batches(folders: list[str], at_step: int | None = None) -> list[Batch]:
     seen: dict[Path, str] = {}
     for arg in folders:
         path = Path(arg)
@@ -764,16 +767,17 @@ def load_batches(folders: list[str]) -> list[Batch]:
     batches = []
     for arg, name in zip(folders, names):
         label = name if names.count(name) == 1 else arg  # two folders of one name: tell them apart by path
-        batches.append(Batch(Path(arg), label, cli.load_checked([arg], f"batch {label}")))
+        batches.append(Batch(Path(arg), label, cli.load_checked([arg], f"batch {label}", at_step)))
     return batches
 
 
 def run(args, argv: list[str] | None) -> str:
     """The whole tool on parsed options: the text (or JSON) to print; --markdown and --plot written."""
     cli.check_outputs(args.markdown, args.plot, args.force)
-    batches = load_batches(args.folders)
+    batches = load_batches(args.folders, args.at_step)
     target, source = cli.resolve_target(args.target, [b.loaded for b in batches])
     report = compare(batches, target, args.slope, args.threshold, args.fit_slope, source)
+    report["at_step"] = args.at_step
     if args.plot is not None:
         cli.save_figure(figure(report), args.plot, FIGURE_DPI)
     if args.markdown is not None:

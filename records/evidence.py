@@ -333,6 +333,8 @@ def render_text(report: dict) -> str:
     if "baseline" in report:
         lines += _render_baseline(report)
     lines += ["", f"target {report['target']:g}: {report['target_source']}"]
+    if report.get("at_step") is not None:
+        lines.append(f"every run's val loss at step {report['at_step']} (--at-step), not at its last step")
     return "\n".join(lines) + "\n"
 
 
@@ -640,6 +642,7 @@ def parse_args(argv: list[str] | None):
         metavar="PATH",
         help="runs to compare with, e.g. the previous record re-run on the same machine",
     )
+    cli.add_at_step(parser)
     cli.add_output_options(
         parser, "write a README section for the submission to FILE", "write a figure of the runs to FILE.png"
     )
@@ -649,10 +652,11 @@ def parse_args(argv: list[str] | None):
 def report_folder(args, argv: list[str] | None) -> str:
     """The whole tool on parsed options: the text (or JSON) to print; --markdown and --plot written."""
     cli.check_outputs(args.markdown, args.plot, args.force)
-    loaded = cli.load_checked(args.paths, "submission")
-    baseline = cli.load_checked(args.baseline, "baseline") if args.baseline else None
+    loaded = cli.load_checked(args.paths, "submission", args.at_step)
+    baseline = cli.load_checked(args.baseline, "baseline", args.at_step) if args.baseline else None
     target, source = cli.resolve_target(args.target, [loaded] + ([baseline] if baseline else []))
     report, pvalues = analyse(loaded, target, args.bootstrap, args.sample_size, args.seed, baseline, source)
+    report["at_step"] = args.at_step
     if args.plot is not None:
         plot(args.plot, report, loaded.runs, pvalues, baseline.runs if baseline else None)
     if args.markdown is not None:

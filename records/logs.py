@@ -184,8 +184,10 @@ def _body_start(text: bytes) -> int:
         at = end
 
 
-def read_log(path: Path) -> Run | Rejected:
-    """The run in a text log, or why it does not count."""
+def read_log(path: Path, at_step: int | None = None) -> Run | Rejected:
+    """The run in a text log, or why it does not count. With at_step, the run's result is its val line at
+    that step instead of the last step: the optimization track lets a batch stop every run at one step
+    chosen alike for all (its README, "Rules", item 5), and such logs end at that val line."""
     text = read_bytes(path)
     start = _body_start(text)
     # body starts with a newline, the one before its first line
@@ -197,13 +199,22 @@ def read_log(path: Path) -> Run | Rejected:
     if diverged >= 0:
         line = body[diverged + 1 :].split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
         return Rejected(DIVERGED, f"run diverged ({line})")
-    final = next((m for m in reversed(vals) if m[1] == m[2]), None)
-    if final is None:
-        return _why_no_final(body, vals, offset)
-    total, loss = int(final[2]), float(final[3])
+    if at_step is None:
+        final = next((m for m in reversed(vals) if m[1] == m[2]), None)
+        if final is None:
+            return _why_no_final(body, vals, offset)
+        total = int(final[2])
+    else:
+        final = next((m for m in vals if int(m[1]) == at_step), None)
+        if final is None:
+            last = _last_step(body)
+            ends = "" if last is None else f" (the log ends at step {last[0]} of {last[1]})"
+            return Rejected(UNFINISHED, f"no val line at step {at_step}{ends}")
+        total = at_step
+    loss = float(final[3])
     if not math.isfinite(loss):
         return Rejected(NOT_FINITE, f"final val loss is {loss}")
-    own = [m for m in vals if int(m[2]) == total]
+    own = [m for m in vals if m[2] == final[2] and int(m[1]) <= total]
     curve = np.array([(_ms(m), float(m[3])) for m in own], dtype=float)
     # The memory line ends the log: searching back from the end is far cheaper than a regex over all of it.
     at = body.rfind(_MEMORY_PREFIX)
@@ -249,7 +260,11 @@ def _why_no_final(body: bytes, vals: list, offset: int) -> Rejected:
     last = _last_step(body)
     if last is None:
         return Rejected(NOT_A_RUN, "not a training log (no step lines after the line of 100 '=')")
-    return Rejected(UNFINISHED, f"the log ends at step {last[0]} of {last[1]}, before its final val line")
+    reason = f"the log ends at step {last[0]} of {last[1]}, before its final val line"
+    if vals and int(vals[-1][1]) == last[0] and body.rstrip().endswith(vals[-1][0].strip()):
+        # It ends with a val line: a run stopped on purpose at a step chosen for the whole batch, or cut there.
+        reason += f" (a batch stopped at one step on purpose is read with --at-step {last[0]})"
+    return Rejected(UNFINISHED, reason)
 
 
 def _last_step(body: bytes) -> tuple[int, int] | None:
@@ -267,8 +282,9 @@ def _last_step(body: bytes) -> tuple[int, int] | None:
 # ------------------------------------------------------------------------------------ summaries
 
 
-def read_summary(path: Path) -> Run | Rejected | Unusable:
-    """The run in a JSON summary, the reason the run does not count, or why the file is no summary."""
+def read_summary(path: Path, at_step: int | None = None) -> Run | Rejected | Unusable:
+    """The run in a JSON summary, the reason the run does not count, or why the file is no summary. With
+    at_step, the run's result is its validation at that step (see read_log)."""
     raw = read_bytes(path)
     try:
         data = json.loads(raw)
@@ -303,6 +319,15 @@ def read_summary(path: Path) -> Run | Rejected | Unusable:
             points.append((float(v["train_time_ms"]), float(v["val_loss"])))
             steps.append(v["step"])
             drift.append(_drift(v.get("weight_drift")))
+    if at_step is not None:
+        if at_step not in steps:
+            return Rejected(UNFINISHED, f"no validation at step {at_step} in the summary")
+        keep = [i for i, s in enumerate(steps) if s <= at_step]
+        at = steps.index(at_step)
+        total, ms, loss = at_step, points[at][0], points[at][1]
+        points, steps, drift = [points[i] for i in keep], [steps[i] for i in keep], [drift[i] for i in keep]
+        if not math.isfinite(loss):
+            return Rejected(NOT_FINITE, f"val loss at step {at_step} is {loss}")
     curve = np.array(points, dtype=float).reshape(-1, 2)
     hyperparameters = data.get("hyperparameters")
     return Run(
@@ -338,8 +363,9 @@ def _drift(raw) -> dict | None:
 # ------------------------------------------------------------------------------------- folders
 
 
-def load(paths: list[str]) -> Loaded:
-    """Every run among the paths once: a log and its summary (same folder and stem) are one run."""
+def load(paths: list[str], at_step: int | None = None) -> Loaded:
+    """Every run among the paths once: a log and its summary (same folder and stem) are one run. With
+    at_step, each run's result is its validation at that step (see read_log)."""
     groups: dict[tuple[Path, str], dict[str, Path]] = {}
     for file in candidate_files(paths):
         kind = "json" if file.suffix == ".json" else "log"
@@ -350,7 +376,7 @@ def load(paths: list[str]) -> Loaded:
     for key in sorted(groups, key=lambda k: (str(k[0]), k[1])):
         group = groups[key]
         log, summary = group.get("log"), group.get("json")
-        result = read_summary(summary) if summary is not None else None
+        result = read_summary(summary, at_step) if summary is not None else None
         # A summary decides about its run; the log decides when there is no usable summary.
         if isinstance(result, Unusable):
             if log is None and result.quiet:
@@ -362,7 +388,7 @@ def load(paths: list[str]) -> Loaded:
                     loaded.notes.append(f"warning: ignored {summary}: {result.reason}; using {log}")
                 result = None
         if result is None:
-            result = read_log(log)
+            result = read_log(log, at_step)
         elif isinstance(result, Run) and log is not None:
             result = dataclasses.replace(result, file=log)  # a run is listed by its log
         if isinstance(result, Run):

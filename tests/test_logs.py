@@ -56,6 +56,28 @@ def test_optimization_track_batches_give_the_published_figures(name, steps, n, p
     assert tracks.batch_rule(mean, n)["passes"]
 
 
+def test_a_batch_stopped_at_one_step_is_read_with_at_step(capsys):
+    folder = FIXTURES / "stopped" / "tailema_2720"
+    loaded = logs.load([str(folder)])
+    assert not loaded.runs and len(loaded.skips) == 10
+    assert loaded.skips[0].reason == (
+        "the log ends at step 2720 of 2900, before its final val line (a batch stopped at one step on purpose "
+        "is read with --at-step 2720)"
+    )
+    loaded = logs.load([str(folder)], at_step=2720)
+    assert len(loaded.runs) == 10 and {r.num_iterations for r in loaded.runs} == {2720}
+    mean = np.mean([r.final_val_loss for r in loaded.runs])
+    assert round(mean, 4) == 3.2786  # result #45 as published
+    assert tracks.batch_rule(mean, 10)["passes"]
+    assert all(r.val_steps[-1] == 2720 and len(r.curve) == len(r.val_steps) for r in loaded.runs)
+    # a step without a validation in some run: those runs are skipped and say why
+    (skip, *_) = logs.load([str(folder)], at_step=2719).skips
+    assert skip.reason == "no val line at step 2719 (the log ends at step 2720 of 2900)"
+    assert evidence.main([str(folder), "--at-step", "2720"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("every run's val loss at step 2720 (--at-step), not at its last step")
+
+
 def test_medium_track_log_gives_the_record_figures():
     (run,) = logs.load([str(FIXTURES / "medium")]).runs
     assert (run.num_iterations, run.final_val_loss, run.train_time_ms) == (5590, 2.919161, 1404459.0)
@@ -193,3 +215,20 @@ def test_evidence_prints_the_track_rule_and_the_target(capsys):
     out = capsys.readouterr().out
     assert "optimization track rule: (3.28 - mean) * sqrt(10) = 0.00566, >= 0.004: passes" in out
     assert out.rstrip().endswith("target 3.28: the default for public optimization-track logs")
+
+
+def test_at_step_in_our_summaries(tmp_path):
+    vals = [{"step": s, "val_loss": 4.0 - s / 100, "train_time_ms": 10.0 * s} for s in (0, 25, 50, 75, 100)]
+    summary = {
+        "format": "speedrun-run/1",
+        "status": "finished",
+        "num_iterations": 100,
+        "final_val_loss": 3.0,
+        "train_time_ms": 1000.0,
+        "val_losses": vals,
+    }
+    (tmp_path / "r.json").write_text(json.dumps(summary))
+    run = logs.read_summary(tmp_path / "r.json", at_step=50)
+    assert (run.final_val_loss, run.train_time_ms, run.num_iterations) == (3.5, 500.0, 50)
+    assert list(run.val_steps) == [0, 25, 50]
+    assert logs.read_summary(tmp_path / "r.json", at_step=60).reason == "no validation at step 60 in the summary"
