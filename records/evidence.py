@@ -506,10 +506,13 @@ def figure(report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Ru
     # The whole curves span ~11 down to the target: the zoom shows the end, where runs differ. It is its own
     # panel (an inset covers the curves of small or slow batches) and only there when it has points.
     zoomed = any(np.any(r.curve[:, 1] <= limit) for group, _ in sets for r in group)
-    fig = Figure(figsize=(PANEL_WIDTH * (4 if zoomed else 3), PANEL_HEIGHT), layout="constrained")
-    axes = list(fig.subplots(1, 4 if zoomed else 3))
+    # One run has no bootstrap: no panel for it rather than an empty one (the final-loss title says why).
+    booted = len(pvalues) > 0
+    count = 2 + zoomed + booted
+    fig = Figure(figsize=(PANEL_WIDTH * count, PANEL_HEIGHT), layout="constrained")
+    axes = list(fig.subplots(1, count))
     curves, zoom = axes[0], axes[1] if zoomed else None
-    finals, boot = axes[-2:]
+    finals = axes[1 + zoomed]
 
     for group, style in sets:
         for r in group:
@@ -559,16 +562,24 @@ def figure(report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Ru
         finals.axvline(target, color="C3", ls="--", lw=1.5, label=f"target {target:g}")
     finals.set_xlim(x_lo, x_hi)
     title = f"Final val loss ({_runs(len(loss))})" + ("" if lo <= target <= hi else f"\ntarget {target:g} off the axis")
+    if not booted:
+        title += "\nno bootstrap panel: resampling needs at least 2 runs"
     finals.set(xlabel="final val loss", ylabel="runs", title=title)
     finals.legend(fontsize="small")
 
+    if booted:
+        _bootstrap_panel(axes[-1], report, runs, pvalues)
+    return fig
+
+
+def _bootstrap_panel(boot, report: dict, runs: list[Run], pvalues: np.ndarray) -> None:
     b = report["bootstrap"]
     degenerate = degenerate_pvalues_text(pvalues)
     if degenerate is not None:
         boot.text(0.5, 0.5, degenerate, ha="center", va="center", transform=boot.transAxes)
         boot.set_title(f"Bootstrap p-values ({b['samples']} samples of {b['size']} runs)")
         boot.set(xticks=[], yticks=[])
-    elif len(pvalues):
+    else:
         floor = 1e-16  # p-values of 0 (zero-variance resamples) are drawn at the left edge
         clipped = np.clip(pvalues, floor, 1)
         boot.hist(clipped, bins=np.logspace(np.log10(clipped.min()), 0, 40), color="C2")
@@ -579,14 +590,9 @@ def figure(report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Ru
             f"{100 * b['frac_below_0_01']:.1f}% < {ALPHA_TEXT}"
         )
         boot.legend()
-    else:
-        boot.text(0.5, 0.5, "the bootstrap needs at least 2 runs", ha="center", va="center", transform=boot.transAxes)
-        boot.set_title("Bootstrap p-values")
-        boot.set(xticks=[], yticks=[])
-    if report["note"] and len(runs) > 1:
+    if report["note"]:
         boot.set_title(f"{boot.get_title()}\nonly {_runs(len(runs))}: these figures mean little")
     boot.set(xlabel="p-value", ylabel="samples")
-    return fig
 
 
 def plot(path: Path, report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Run] | None):

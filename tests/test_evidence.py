@@ -298,6 +298,17 @@ def test_fewer_than_two_runs_prints_what_it_can(tmp_path, capsys):
     assert report["bootstrap"]["mean_p"] is None and report["power"] is None
 
 
+def test_one_run_draws_no_empty_bootstrap_panel(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    public_log(tmp_path / "only.txt", 6.5, 1_200_000)  # far from the target: no zoom panel either
+    loaded = logs.load([str(tmp_path)])
+    report, pvalues = evidence.analyse(loaded, TARGET, 100, 40, 0)
+    fig = evidence.figure(report, loaded.runs, pvalues, None)
+    assert len(fig.axes) == 2
+    assert not [ax for ax in fig.axes if ax.get_title().startswith("Bootstrap")]
+    assert fig.axes[1].get_title().endswith("no bootstrap panel: resampling needs at least 2 runs")
+
+
 def test_runs_without_variation_give_no_garbage(tmp_path, capsys):
     for i in range(3):
         public_log(tmp_path / f"r{i}.txt", 2.92, 1_000_000)
