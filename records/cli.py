@@ -11,13 +11,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the tools run as scripts (python records/evidence.py)
-    sys.path.insert(0, str(REPO))
-
-from records import logs  # noqa: E402
-from records.logs import OPTIMIZATION, OURS, SPEEDRUN, ToolError  # noqa: E402
-from speedrun.files import atomic_path  # noqa: E402
+# The repository root is on sys.path whenever `records` is importable (the tools put it there when run as
+# scripts), so speedrun/ is importable too.
+from records import logs
+from records.logs import OPTIMIZATION, OURS, SPEEDRUN, ToolError
+from speedrun.files import atomic_path
 
 EXIT_OK, EXIT_USAGE = 0, 2
 

@@ -2,7 +2,8 @@
 
 A record is accepted when independent runs show, with p < 0.01, that the mean final validation
 loss is below the target, and when its training time is known. This script reads the runs (our
-.txt logs and .json summaries, or the public speedrun's logs), prints the statistics in the
+.txt logs and .json summaries, or the public speedrun's logs of any track, through records/logs.py),
+prints the statistics in the
 speedrun's own format, and adds what a contributor needs to decide and document a submission:
 how often a batch of runs would pass (bootstrap), how many runs to pay for (power table), how it
 compares with a baseline run on the same machine (Welch), a README section and a figure.
