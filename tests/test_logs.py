@@ -114,6 +114,12 @@ def test_formats_of_val_lines(tmp_path):
         path.write_text(source + "step:0/10 val_loss:11.0 train_time:0ms\n" + line + "\n")
         run = logs.read_log(path)
         assert (run.final_val_loss, run.train_time_ms, run.num_iterations) == (loss, ms, 10), name
+    # Windows line ends
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(
+        (source + "step:10/10 val_loss:3.25 train_time:7ms step_avg:0.70ms\n").replace("\n", "\r\n").encode()
+    )
+    assert logs.read_log(crlf).final_val_loss == 3.25
     # ours: several files in the source part under "# ==== file: <path> ====" lines, then hyperparameters
     ours = tmp_path / "ours.txt"
     ours.write_text(
