@@ -111,7 +111,8 @@ def load_checked(paths: list[str], what: str, at_step: int | None = None) -> log
         print(f"warning: skipped {skip.file}: {skip.reason}", file=sys.stderr)
     if not loaded.runs:
         found = (
-            f"all {len(loaded.skips)} inputs were skipped (see the warnings above)"
+            ("the only input was skipped" if len(loaded.skips) == 1 else f"all {len(loaded.skips)} inputs were skipped")
+            + " (see the warnings above)"
             if loaded.skips
             else "no logs or summaries were found"
         )

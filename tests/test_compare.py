@@ -442,7 +442,7 @@ def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys):
         ([tmp_path / "nope"], r"error: .*nope does not exist\. Give one folder of runs"),
         ([tmp_path / "file.txt"], r"error: .*file\.txt is not a folder\."),
         ([empty], r"error: no finished runs in the batch empty \(.*\): no logs or summaries were found\."),
-        ([skipped], r"error: no finished runs in the batch skipped \(.*\): all 1 inputs were skipped"),
+        ([skipped], r"error: no finished runs in the batch skipped \(.*\): the only input was skipped"),
         ([good, good], r"error: .*good is given twice"),
         ([good, "--markdown", tmp_path / "no" / "x.md"], r"error: --markdown .*: the folder .*no does not exist"),
         ([good, "--plot", good], r"error: --plot .*good is a folder"),

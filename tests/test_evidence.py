@@ -485,7 +485,7 @@ def test_no_runs_is_an_error(tmp_path, capsys):
     code, _, err = run_cli([tmp_path], capsys)
     assert code == 2
     assert err.splitlines()[-1].startswith("error: no finished runs in the submission")
-    assert "all 1 inputs were skipped" in err
+    assert "the only input was skipped (see the warnings above)" in err
 
 
 def test_user_errors_are_one_paragraph_without_traceback(tmp_path):
