@@ -153,6 +153,9 @@ def test_track_formulas_against_hand_computed_values():
     assert score == pytest.approx((-0.0002 + 50 / 100 * 0.0045) / math.sqrt(2 / 20), abs=1e-12)
     assert round(score, 5) == 0.00648
     assert tracks.SLOPE == pytest.approx(0.000045, rel=1e-12)
+    # the example: B 100 steps shorter with a 0.006 higher loss, n = 10 each: -0.0015 / sqrt(0.2)
+    score = tracks.pairwise_score(3.2700, 3.2760, 5000, 4900, 10, 10, tracks.SLOPE)
+    assert score == pytest.approx(-0.0015 / math.sqrt(0.2), abs=1e-12) and abs(score) < tracks.MARGIN
 
 
 def test_published_pairwise_verdicts(capsys):
