@@ -622,7 +622,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=list(DEFAULT_CONDITIONS),
         metavar="KAPPA",
-        help="condition numbers of Z^T Z to sweep, each >= 1 (default: %(default)s)",
+        help="condition numbers of Z^T Z to sweep, each >= 1, taken in increasing order (default: %(default)s)",
     )
     parser.add_argument(
         "--correlate",
@@ -639,6 +639,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--batch-size {args.batch_size} is above --n {args.n}; give at most --n rows per batch")
     if args.lr_max < args.lr_min:
         parser.error(f"--lr-max {args.lr_max} is below --lr-min {args.lr_min}")
+    args.condition = sorted(set(args.condition))  # the figures at "the largest" mean the last
     return args
 
 

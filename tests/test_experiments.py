@@ -264,8 +264,9 @@ def test_condition_number_of_the_inputs_is_the_one_asked_for(correlate):
 def test_ill_conditioning_slows_plain_sgd_and_the_sweep_is_small_enough_for_ci():
     """At a small size, with tolerances: plain SGD's distance to W_ls at its best rate grows with the condition
     number (its rate is capped by the largest curvature, the smallest direction then barely moves)."""
-    args = mlr.parse_args(["--out", "unused", *TINY[:-3], "--condition", "1", "1000", "--steps", "40"])
+    args = mlr.parse_args(["--out", "unused", *TINY[:-3], "--condition", "1000", "1", "1", "--steps", "40"])
     results = mlr.study(args)
+    assert args.condition == [1.0, 1000.0]
     full = [p["runs"]["full"]["sgd"]["distance_to_ls"] for p in results["sweep"]]
     assert full[0] < 1e-2 < full[1]
 
