@@ -21,11 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import train_gpt as tg  # noqa: E402
-from records import evidence  # noqa: E402
+from records import cli, evidence, logs  # noqa: E402
 
 RECORD = tg.Hyperparameters()
 STEPS, VAL_EVERY = RECORD.num_iterations, RECORD.val_loss_every
-TARGET, SAMPLES, SIZE = evidence.DEFAULT_TARGET, evidence.DEFAULT_BOOTSTRAP, evidence.DEFAULT_SAMPLE_SIZE
+TARGET, SAMPLES, SIZE = cli.DEFAULT_TARGETS[logs.OURS], evidence.DEFAULT_BOOTSTRAP, evidence.DEFAULT_SAMPLE_SIZE
 
 
 def write_log(path: Path, source: str, final_loss: float, ms_per_step: float, rng: np.random.Generator) -> None:
@@ -69,7 +69,7 @@ def main() -> None:
         lines = sum(1 for _ in files[0].open())
         size = sum(f.stat().st_size for f in files) / 2**20
 
-        t_load, loaded = best(lambda: evidence.load([str(folder)]), args.repeat)
+        t_load, loaded = best(lambda: logs.load([str(folder)]), args.repeat)
         assert len(loaded.runs) == args.runs, "every generated log must parse"
         loss = np.array([r.final_val_loss for r in loaded.runs])
         t_boot, _ = best(lambda: evidence.bootstrap_pvalues(loss, TARGET, SIZE, SAMPLES, 0), args.repeat)

@@ -6,21 +6,24 @@ distance to it can be measured.
 
     python experiments/muon_linear_regression.py --out DIR [--force] [options]
 
-Problem: Z (N x d) with N(0, 1) entries, X = [1 | Z], W* ((d+1) x D) with N(0, 1) entries,
-Y = X W* + noise * N(0, 1). The loss optimized and reported is the squared error per sample,
+Problem: X = [1 | Z] with Z (N x d), W* ((d+1) x D) with N(0, 1) entries, Y = X W* + noise * N(0, 1).
+Z is built for a chosen condition number kappa of Z^T Z: a Gaussian matrix made orthogonal to the bias
+column and to itself (Z^T Z = N I), then its columns scaled from 1 down to kappa^(-1/2) (log-spaced), so
+Z^T Z = N diag(scales^2) has condition number kappa exactly; --correlate also rotates the columns by a
+random orthogonal matrix (same spectrum, correlated columns). --condition takes a sweep of kappas, by
+default from 1 (well-conditioned) to 1e4. The loss optimized and reported is the squared error per sample,
 L(W) = ||Y - X W||_F^2 / N, with gradient 2 X^T (X W - Y) / N (a mini-batch of B rows gives the same
 formula with B for N, an unbiased estimate of it). Every optimizer starts at W = 0, runs --steps steps at
 each learning rate of one log-spaced grid, full-batch and mini-batch, and is reported at the rate with the
-lowest final loss (a diverged run counts as infinite). Writes DIR/results.json, DIR/loss.png and
-DIR/singular_values.png, and prints a table.
+lowest final loss (a diverged run counts as infinite), for every kappa. Writes DIR/results.json,
+DIR/conditioning.png (distance to the least-squares solution against kappa), DIR/loss.png and
+DIR/singular_values.png (both at the largest kappa), and prints a table.
 """
 
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,8 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import train_gpt as tg  # noqa: E402  (Muon's Newton-Schulz and Nesterov momentum, as in the record)
+import train_gpt as tg  # noqa: E402  (Muon's Newton-Schulz, as in the record)
+from speedrun.files import atomic_path  # noqa: E402
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adamw", "muon")
 MODES = ("full", "minibatch")
@@ -44,7 +48,8 @@ MUON_MOMENTUM = 0.95  # the record's
 DIVERGENCE_FACTOR = 1e4
 SINGULAR_VALUE_SNAPSHOTS = 4  # steps along Muon's trajectory whose gradients singular_values.png shows
 NS_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-OUTPUT_FILES = ("results.json", "loss.png", "singular_values.png")
+OUTPUT_FILES = ("results.json", "conditioning.png", "loss.png", "singular_values.png")
+DEFAULT_CONDITIONS = (1.0, 10.0, 100.0, 1e3, 1e4)
 FIGURE_DPI = 110
 EXCESS_FLOOR = 1e-12  # loss.png draws loss - least-squares loss no lower than this fraction of the latter
 ORTHO_YMAX = 1.2  # the top of singular_values.png's NS panel, at least
@@ -71,8 +76,27 @@ class Problem:
         return self.X.size(1), self.Y.size(1)
 
 
-def make_problem(n: int, d: int, outputs: int, noise: float, g: torch.Generator) -> Problem:
+def make_problem(
+    n: int,
+    d: int,
+    outputs: int,
+    noise: float,
+    g: torch.Generator,
+    condition: float | None = None,
+    correlate: bool = False,
+) -> Problem:
+    """Z with i.i.d. N(0, 1) entries (the thesis notes' setting) when condition is None; else Z with
+    Z^T Z = N diag(s^2) (or N V diag(s^2) V^T with correlate), s log-spaced from 1 to condition^(-1/2), and
+    Z orthogonal to the bias column, so that cond(Z^T Z) = condition exactly."""
     Z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    if condition is not None:
+        ones = torch.ones(n, 1, dtype=torch.float64)
+        Q = torch.linalg.qr(torch.cat([ones, Z], dim=1)).Q[:, 1:]  # orthonormal, orthogonal to the ones
+        scales = condition ** (-0.5 * torch.linspace(0, 1, d, dtype=torch.float64)) if d > 1 else torch.ones(1)
+        Z = math.sqrt(n) * Q * scales
+        if correlate:
+            V = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64)).Q
+            Z = Z @ V.mT
     X = torch.cat([torch.ones(n, 1, dtype=torch.float64), Z], dim=1)
     W_star = torch.randn(d + 1, outputs, generator=g, dtype=torch.float64)
     Y = X @ W_star + noise * torch.randn(n, outputs, generator=g, dtype=torch.float64)
@@ -94,6 +118,12 @@ def gradient(X: Tensor, Y: Tensor, W: Tensor) -> Tensor:
     """The gradient of ||Y - X W||_F^2 / N: 2 X^T (X W - Y) / N, in W's dtype."""
     X, Y = X.to(W.dtype), Y.to(W.dtype)
     return 2 * X.mT @ (X @ W - Y) / X.size(0)
+
+
+def condition_number(Z: Tensor) -> float:
+    """cond(Z^T Z), from the singular values of Z."""
+    s = torch.linalg.svdvals(Z.double())
+    return (s.max() / s.min()).item() ** 2
 
 
 def relative_distance(W: Tensor, W_ls: Tensor) -> float:
@@ -149,12 +179,14 @@ class MuonMatrix:
     def __init__(self, W: Tensor, lr: float, momentum: float, ns_dtype: torch.dtype):
         self.W = W
         self.buf = torch.zeros_like(W, dtype=torch.float32)
-        self.momentum = torch.tensor(momentum)
+        self.momentum = momentum
         self.ns_dtype = ns_dtype
         self.step_size = lr * max(1.0, W.size(0) / W.size(1)) ** 0.5
 
     def step(self, grad: Tensor, lr_scale: float) -> None:
-        nesterov = tg.muon_nesterov(self.buf, grad, self.momentum)
+        # Nesterov momentum in the record's form (spec record.md, "Optimizers")
+        self.buf.lerp_(grad, 1 - self.momentum)
+        nesterov = grad.lerp(self.buf, self.momentum)
         update = tg.newton_schulz_torch(nesterov, self.ns_dtype)
         self.W.sub_(self.step_size * lr_scale * update.to(self.W.dtype))
 
@@ -263,14 +295,28 @@ def singular_values(problem: Problem, lr: float, schedule: Schedule) -> dict:
     }
 
 
-def study(args: argparse.Namespace) -> dict:
+def study_one(args: argparse.Namespace, condition: float) -> dict:
+    """Every optimizer at every rate of the grid, full batch and mini-batch, on the problem of one condition
+    number. The generator restarts from --seed for each: every condition number scales the same Gaussian
+    draws and sees the same W*, noise and mini-batches."""
     g = torch.Generator().manual_seed(args.seed)
-    problem = make_problem(args.n, args.d, args.outputs, args.noise, g)
+    problem = make_problem(args.n, args.d, args.outputs, args.noise, g, condition, args.correlate)
     batches = {"full": None, "minibatch": minibatch_indices(args.n, args.batch_size, args.steps, g)}
     grid = lr_grid(args.lr_min, args.lr_max, args.lr_points)
     schedule = Schedule(args.steps, args.cooldown, args.weight_decay, NS_DTYPES[args.ns_dtype])
     runs = {mode: {name: sweep(problem, name, grid, schedule, batches[mode]) for name in OPTIMIZERS} for mode in MODES}
     muon_lr = runs["full"]["muon"]["best_lr"]
+    return {
+        "condition": condition,
+        "condition_measured": condition_number(problem.X[:, 1:]),
+        "least_squares_loss": loss(problem.X, problem.Y, problem.W_ls),
+        "initial_loss": loss(problem.X, problem.Y, torch.zeros(problem.shape)),
+        "runs": runs,
+        "singular_values": singular_values(problem, muon_lr, schedule) if muon_lr is not None else None,
+    }
+
+
+def study(args: argparse.Namespace) -> dict:
     return {
         "settings": {
             "n": args.n,
@@ -280,7 +326,9 @@ def study(args: argparse.Namespace) -> dict:
             "batch_size": args.batch_size,
             "steps": args.steps,
             "cooldown": args.cooldown,
-            "lr_grid": grid,
+            "lr_grid": lr_grid(args.lr_min, args.lr_max, args.lr_points),
+            "conditions": args.condition,
+            "correlate": args.correlate,
             "seed": args.seed,
             "ns_dtype": args.ns_dtype,
             "weight_decay": args.weight_decay,
@@ -293,10 +341,7 @@ def study(args: argparse.Namespace) -> dict:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },
-        "least_squares_loss": loss(problem.X, problem.Y, problem.W_ls),
-        "initial_loss": loss(problem.X, problem.Y, torch.zeros(problem.shape)),
-        "runs": runs,
-        "singular_values": singular_values(problem, muon_lr, schedule) if muon_lr is not None else None,
+        "sweep": [study_one(args, condition) for condition in args.condition],
     }
 
 
@@ -307,24 +352,30 @@ def render_table(results: dict) -> str:
     s = results["settings"]
     lines = [
         f"N={s['n']} d={s['d']} D={s['outputs']} noise={s['noise']} batch={s['batch_size']} steps={s['steps']} "
-        f"cooldown={s['cooldown']} seed={s['seed']}; loss = {LOSS_TEXT}",
-        f"least-squares loss {results['least_squares_loss']:.6g}, loss at W = 0 {results['initial_loss']:.6g}",
+        f"cooldown={s['cooldown']} seed={s['seed']}{' correlated columns' if s['correlate'] else ''}; "
+        f"loss = {LOSS_TEXT}; kappa = cond(Z^T Z)",
         "",
-        f"{'optimizer':<13} {'mode':<10} {'best lr':>10} {'final loss':>12} {'||W-W_ls||/||W_ls||':>20}",
+        f"{'kappa':>8} {'optimizer':<13} {'mode':<10} {'best lr':>10} {'final loss':>12} {'||W-W_ls||/||W_ls||':>20}",
     ]
     edge = False
-    for mode in MODES:
-        for name in OPTIMIZERS:
-            r = results["runs"][mode][name]
-            if r["best_lr"] is None:
-                lines.append(f"{name:<13} {mode:<10} {'every lr diverged':>44}")
-                continue
-            mark = "*" if r["best_lr_at_grid_edge"] else " "
-            edge |= r["best_lr_at_grid_edge"]
-            lines.append(
-                f"{name:<13} {mode:<10} {r['best_lr']:>9.3g}{mark} {r['final_loss']:>12.6g} "
-                f"{r['distance_to_ls']:>20.3e}"
-            )
+    for point in results["sweep"]:
+        kappa = f"{point['condition']:>8.3g}"
+        lines.append(
+            f"{kappa} least-squares loss {point['least_squares_loss']:.6g}, loss at W = 0 "
+            f"{point['initial_loss']:.6g}, measured kappa {point['condition_measured']:.4g}"
+        )
+        for mode in MODES:
+            for name in OPTIMIZERS:
+                r = point["runs"][mode][name]
+                if r["best_lr"] is None:
+                    lines.append(f"{kappa} {name:<13} {mode:<10} {'every lr diverged':>44}")
+                    continue
+                mark = "*" if r["best_lr_at_grid_edge"] else " "
+                edge |= r["best_lr_at_grid_edge"]
+                lines.append(
+                    f"{kappa} {name:<13} {mode:<10} {r['best_lr']:>9.3g}{mark} {r['final_loss']:>12.6g} "
+                    f"{r['distance_to_ls']:>20.3e}"
+                )
     if edge:
         lines.append("* best lr at an end of the grid: widen --lr-min/--lr-max to be sure it is the best")
     return "\n".join(lines) + "\n"
@@ -341,18 +392,48 @@ def load_matplotlib():
     return Figure
 
 
+def conditioning_figure(Figure, results: dict):
+    """Distance to the least-squares solution against the condition number, one line per optimizer at its
+    best rate of each setting; one panel per mode."""
+    s = results["settings"]
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    axes = fig.subplots(1, len(MODES), sharey=True)
+    kappas = [p["condition"] for p in results["sweep"]]
+    for ax, mode in zip(axes, MODES):
+        for i, name in enumerate(OPTIMIZERS):
+            distance = [p["runs"][mode][name]["distance_to_ls"] for p in results["sweep"]]
+            shown = [(k, x) for k, x in zip(kappas, distance) if x is not None]  # None: every rate diverged
+            if shown:
+                ax.plot(*zip(*shown), marker="o", color=f"C{i}", label=name)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="condition number of ZᵀZ",
+            title="full batch" if mode == "full" else f"mini-batch (B = {s['batch_size']})",
+        )
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("||W - W_ls||_F / ||W_ls||_F after the last step")
+    fig.suptitle(
+        f"Linear regression, N={s['n']}, d={s['d']}, D={s['outputs']}, noise {s['noise']}, {s['steps']} steps"
+        f"{', correlated columns' if s['correlate'] else ''}: each optimizer at its best lr of the grid per point"
+    )
+    return fig
+
+
 def loss_figure(Figure, results: dict):
-    """Top row: the loss with the least-squares loss dashed; bottom row: the loss above it, where the
-    optimizers' endpoints differ by orders of magnitude that the top row cannot show."""
+    """At the largest condition number of the sweep. Top row: the loss with the least-squares loss dashed;
+    bottom row: the loss above it, where the optimizers' endpoints differ by orders of magnitude that the top
+    row cannot show (values below EXCESS_FLOOR of the least-squares loss are drawn at that floor)."""
+    point = results["sweep"][-1]
     fig = Figure(figsize=(12, 8), layout="constrained")
     axes = fig.subplots(2, len(MODES), sharey="row", sharex=True)
     s = results["settings"]
-    ls = results["least_squares_loss"]
+    ls = point["least_squares_loss"]
     floor = EXCESS_FLOOR * ls
     for column, mode in enumerate(MODES):
         top, bottom = axes[0, column], axes[1, column]
         for i, name in enumerate(OPTIMIZERS):
-            r = results["runs"][mode][name]
+            r = point["runs"][mode][name]
             if r["loss_curve"] is None:
                 continue
             label = f"{name} (lr {r['best_lr']:.3g})"
@@ -363,17 +444,19 @@ def loss_figure(Figure, results: dict):
         bottom.set(yscale="log", xlabel="step")
         top.legend(fontsize="small")
     axes[0, 0].set_ylabel("loss ||Y - XW||² / N (all N samples)")
-    axes[1, 0].set_ylabel(f"loss - least-squares loss (floor {EXCESS_FLOOR:g} x it)")
+    axes[1, 0].set_ylabel("loss minus the least-squares loss")
+    axes[1, 0].set_title(f"(gaps below {floor:.1e} are drawn at {floor:.1e})", fontsize="small")
     schedule = f", lr cooldown over the last {s['cooldown']:g} of the steps" if s["cooldown"] else ", constant lr"
     fig.suptitle(
-        f"Linear regression, N={s['n']}, d={s['d']}, D={s['outputs']}, noise {s['noise']}{schedule}: "
-        "each optimizer at its best lr of the grid"
+        f"Linear regression, N={s['n']}, d={s['d']}, D={s['outputs']}, noise {s['noise']}, "
+        f"cond(ZᵀZ) = {point['condition']:g}{schedule}: each optimizer at its best lr of the grid"
     )
     return fig
 
 
 def singular_value_figure(Figure, results: dict):
-    sv = results["singular_values"]
+    point = results["sweep"][-1]
+    sv = point["singular_values"]
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     raw, ortho = fig.subplots(1, 2)
     for i, (t, g, u) in enumerate(zip(sv["steps"], sv["gradient"], sv["orthogonalized"])):
@@ -393,35 +476,28 @@ def singular_value_figure(Figure, results: dict):
     )
     raw.legend(fontsize="small")
     ortho.legend(fontsize="small")
-    fig.suptitle(f"Singular values along Muon's full-batch run (lr {sv['lr']:.3g})")
+    fig.suptitle(f"Singular values along Muon's full-batch run (lr {sv['lr']:.3g}, cond(ZᵀZ) = {point['condition']:g})")
     return fig
 
 
-def write_atomic(path: Path, write) -> None:
-    """write(temp_path) then rename over path, so a crash never leaves half a file."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp's 0600 would hide the outputs from other users
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 def write_outputs(out: Path, results: dict, Figure) -> list[Path]:
-    """results.json and, with Figure, the figures; returns the files written."""
-    writers = {"results.json": lambda p: Path(p).write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")}
+    """results.json and, with Figure, the figures, each written through a temporary file and renamed;
+    returns the files written."""
+    writers = {"results.json": lambda p: p.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")}
     if Figure is not None:
-        writers["loss.png"] = lambda p: loss_figure(Figure, results).savefig(p, dpi=FIGURE_DPI)
-        if results["singular_values"] is not None:  # None when every Muon run diverged
-            writers["singular_values.png"] = lambda p: singular_value_figure(Figure, results).savefig(p, dpi=FIGURE_DPI)
+        # The temporary file's name ends in .tmp: the format is given, not read from it.
+        writers["conditioning.png"] = lambda p: conditioning_figure(Figure, results).savefig(
+            p, format="png", dpi=FIGURE_DPI
+        )
+        writers["loss.png"] = lambda p: loss_figure(Figure, results).savefig(p, format="png", dpi=FIGURE_DPI)
+        if results["sweep"][-1]["singular_values"] is not None:  # None when every Muon run diverged
+            writers["singular_values.png"] = lambda p: singular_value_figure(Figure, results).savefig(
+                p, format="png", dpi=FIGURE_DPI
+            )
     try:
         for name, write in writers.items():
-            write_atomic(out / name, write)
+            with atomic_path(out / name) as temp:
+                write(temp)
     except OSError as e:
         raise StudyError(f"cannot write into --out {out}: {e.strerror or e}.") from None
     return [out / name for name in writers]
@@ -478,12 +554,19 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _condition(text: str) -> float:
+    value = _positive_float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a condition number >= 1, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="muon_linear_regression.py",
-        description="SGD, SGD with momentum, AdamW and Muon on multi-output linear regression, each at its best "
-        "learning rate of a log-spaced grid, full-batch and mini-batch; writes results.json, loss.png and "
-        "singular_values.png into --out.",
+        description="SGD, SGD with momentum, AdamW and Muon on multi-output linear regression across condition "
+        "numbers of the inputs, each at its best learning rate of a log-spaced grid, full-batch and mini-batch; "
+        "writes results.json, conditioning.png, loss.png and singular_values.png into --out.",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--force", action="store_true", help="overwrite results and figures already in --out")
@@ -533,6 +616,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=_non_negative_int, default=0, help="seed of the data and the mini-batches (default %(default)s)"
     )
+    parser.add_argument(
+        "--condition",
+        type=_condition,
+        nargs="+",
+        default=list(DEFAULT_CONDITIONS),
+        metavar="KAPPA",
+        help="condition numbers of Z^T Z to sweep, each >= 1, taken in increasing order (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--correlate",
+        action="store_true",
+        help="rotate Z's scaled columns by a random orthogonal matrix: correlated inputs, same condition number",
+    )
     args = parser.parse_args(argv)
     if args.n < args.d + 1:
         parser.error(
@@ -543,6 +639,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--batch-size {args.batch_size} is above --n {args.n}; give at most --n rows per batch")
     if args.lr_max < args.lr_min:
         parser.error(f"--lr-max {args.lr_max} is below --lr-min {args.lr_min}")
+    args.condition = sorted(set(args.condition))  # the figures at "the largest" mean the last
     return args
 
 

@@ -2,7 +2,8 @@
 
 A record is accepted when independent runs show, with p < 0.01, that the mean final validation
 loss is below the target, and when its training time is known. This script reads the runs (our
-.txt logs and .json summaries, or the public speedrun's logs), prints the statistics in the
+.txt logs and .json summaries, or the public speedrun's logs of any track, through records/logs.py),
+prints the statistics in the
 speedrun's own format, and adds what a contributor needs to decide and document a submission:
 how often a batch of runs would pass (bootstrap), how many runs to pay for (power table), how it
 compares with a baseline run on the same machine (Welch), a README section and a figure.
@@ -18,21 +19,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
-import re
-import secrets
 import sys
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import numpy as np
 from scipy import stats
 
-DEFAULT_TARGET = 2.92
+if __package__ in (None, ""):  # run as a script (python records/evidence.py): make `records` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from records import cli, tracks  # noqa: E402
+from records.cli import runs_text as _runs  # noqa: E402
+from records.logs import OPTIMIZATION, REPORT_FORMAT, Loaded, Run  # noqa: E402
+
 ALPHA = 0.01  # the acceptance threshold on the p-value
 CONFIDENCE = 0.99
 ALPHA_TEXT, CONFIDENCE_TEXT = f"{ALPHA:g}", f"{CONFIDENCE:.0%}"  # "0.01", "99%" in the output
@@ -55,264 +57,6 @@ FINALS_MIN_SPAN = 1e-3  # x span of the final-loss panel when all runs share one
 SINGLE_BIN_FRACTION = 0.05  # width of the one bar of identical values
 FINALS_PAD = 0.08
 RUG_Y = 0.03  # height of the per-run ticks, in axes coordinates
-
-RUN_FORMAT = "speedrun-run/"  # prefix of the "format" field of train_gpt.py's summaries
-REPORT_FORMAT = "speedrun-evidence/1"  # this script's --json output, ignored when found in folders
-COMPARE_FORMAT = "speedrun-compare/1"  # compare.py's --json output, ignored likewise
-LOG_SUFFIXES = (".txt", ".log")
-SEPARATOR = b"=" * 100 + b"\n"  # ends the script source at the top of every log
-
-# Only lines that fully match count: the source at the top of a log holds these formats as f-string
-# text, which has braces where the numbers go. Logs are parsed as bytes: decoding a whole log costs more
-# than reading it. The pattern starts with the newline before the line: a literal prefix lets the regex
-# engine skip ahead, about 4x faster than anchoring with ^ in MULTILINE mode.
-_NUM = rb"[-+]?(?:\d+(?:\.\d*)?|nan|inf)"
-_VAL_LINE = re.compile(
-    rb"\nstep:(\d+)/(\d+) val_loss:(" + _NUM + rb") train_time:(\d+(?:\.\d+)?)ms step_avg:" + _NUM + rb"ms(?=\r?\n|\Z)"
-)
-_STEP_START = re.compile(rb"step:(\d+)/(\d+) ")
-_MEMORY_PREFIX = b"\npeak memory allocated: "
-_MEMORY_LINE = re.compile(re.escape(_MEMORY_PREFIX) + rb"(\d+(?:\.\d+)?) MiB reserved: (\d+(?:\.\d+)?) MiB(?=\r?\n|\Z)")
-DRIFT_KEYS = ("relative_distance", "cosine")  # per parameter group in a val_losses entry's "weight_drift"
-
-# Why a file yields no run (Skip.kind), so that compare.py can count skipped runs by kind. A summary whose
-# status is not "finished" gives its status instead ("diverged", "failed", "interrupted").
-DIVERGED, UNFINISHED, NOT_FINITE, NOT_A_RUN = "diverged", "unfinished", "not finite", "not a run"
-
-
-class EvidenceError(Exception):
-    """A user mistake or unusable input, reported as one paragraph without a traceback."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    file: Path  # the log when there is one, else the summary
-    final_val_loss: float
-    train_time_ms: float
-    num_iterations: int
-    curve: np.ndarray  # (k, 2): train_time_ms, val_loss of every validation
-    val_steps: np.ndarray  # (k,): the step of each validation
-    peak_memory_mib: float | None = None  # peak allocated memory; None when not logged (CPU runs)
-    hyperparameters: dict = dataclasses.field(default_factory=dict)  # from the summary; empty for a log alone
-    # Per validation (aligned with curve): {group: {"relative_distance": x, "cosine": y}} or None; empty
-    # when no validation of the run carries weight-drift diagnostics.
-    weight_drift: tuple = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Rejected:
-    """Why a file yields no run: its kind (see DIVERGED...) and a sentence for the reader."""
-
-    kind: str
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Skip:
-    file: Path
-    reason: str
-    kind: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Unusable:
-    """A .json that tells nothing about a run (broken, or not a run summary): a log beside it decides."""
-
-    reason: str
-    quiet: bool = False  # this script's own report, which is expected in a submission folder
-
-
-@dataclasses.dataclass
-class Loaded:
-    runs: list[Run]
-    skips: list[Skip]
-    notes: list[str]  # warnings about inputs that did not cost a run
-
-
-# --------------------------------------------------------------------------------------- reading
-
-
-def _candidate_files(paths: list[str]) -> list[Path]:
-    files = []
-    for arg in paths:
-        path = Path(arg)
-        if path.is_dir():
-            for root, dirs, names in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [
-                    Path(root) / name
-                    for name in sorted(names)
-                    if not name.startswith(".") and name.endswith(LOG_SUFFIXES + (".json",))
-                ]
-        elif path.is_file():
-            files.append(path)
-        elif path.exists():
-            raise EvidenceError(f"{arg} is neither a file nor a folder.")
-        else:
-            raise EvidenceError(
-                f"{arg} does not exist. Give run logs (.txt), their JSON summaries, or folders holding them."
-            )
-    return files
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise EvidenceError(f"cannot read {path}: {e.strerror or e}.") from None
-
-
-def read_log(path: Path) -> Run | Rejected:
-    """The run in a text log, or why it does not count."""
-    text = _read_bytes(path)
-    # Step lines follow the first separator; lines before it are the script's own source.
-    sep = text.find(SEPARATOR)
-    while sep > 0 and text[sep - 1 : sep] != b"\n":
-        sep = text.find(SEPARATOR, sep + 1)
-    # body starts with a newline, the one before its first line
-    body = b"\n" + text if sep < 0 else text[sep + len(SEPARATOR) - 1 :]
-
-    vals = [m.groups() for m in _VAL_LINE.finditer(body)]
-    diverged = body.find(b"\nDIVERGED")
-    if diverged >= 0:
-        line = body[diverged + 1 :].split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
-        return Rejected(DIVERGED, f"run diverged ({line})")
-    final = None
-    for step, total, loss, ms in reversed(vals):
-        if step == total:
-            final = (int(total), float(loss), float(ms))
-            break
-    if final is None:
-        last = _last_step(body)
-        if last is None:
-            return Rejected(NOT_A_RUN, "not a training log (no step lines)")
-        return Rejected(
-            UNFINISHED, f"no final val line (log ends at step {last[0]}/{last[1]}: unfinished or truncated run)"
-        )
-    total, loss, ms = final
-    if not math.isfinite(loss):
-        return Rejected(NOT_FINITE, f"final val loss is {loss}")
-    own = [v for v in vals if int(v[1]) == total]
-    curve = np.array([(float(v[3]), float(v[2])) for v in own], dtype=float)
-    # The memory line ends the log: searching back from the end is far cheaper than a regex over all of it.
-    at = body.rfind(_MEMORY_PREFIX)
-    memory = _MEMORY_LINE.match(body, at) if at >= 0 else None
-    peak = float(memory[1]) if memory else None
-    return Run(path, loss, ms, total, curve, np.array([int(v[0]) for v in own]), peak)
-
-
-def _last_step(body: bytes) -> tuple[int, int] | None:
-    pos = len(body)
-    while pos > 0:
-        pos = body.rfind(b"step:", 0, pos)
-        if pos < 0:
-            return None
-        m = _STEP_START.match(body, pos)
-        if m and (pos == 0 or body[pos - 1 : pos] == b"\n"):
-            return int(m[1]), int(m[2])
-    return None
-
-
-def read_summary(path: Path) -> Run | Rejected | Unusable:
-    """The run in a JSON summary, the reason the run does not count, or why the file is no summary."""
-    raw = _read_bytes(path)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return Unusable("empty file" if not raw.strip() else f"truncated or invalid JSON ({e})")
-    fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt in (REPORT_FORMAT, COMPARE_FORMAT):
-        return Unusable("a report of records/ tools", quiet=True)
-    if not isinstance(fmt, str) or not fmt.startswith(RUN_FORMAT):
-        return Unusable(
-            "not a run summary (no 'format' field)" if fmt is None else f"not a run summary (format {fmt!r})"
-        )
-    if fmt != RUN_FORMAT + "1":
-        return Unusable(f"unsupported summary format {fmt!r} (this script reads {RUN_FORMAT}1)")
-    status = data.get("status")
-    if status != "finished":
-        # A killed run's summary keeps the status it had while running.
-        kind = UNFINISHED if status == "running" else status if isinstance(status, str) and status else NOT_A_RUN
-        return Rejected(kind, f"status {status!r}, only finished runs count")
-    total = data.get("num_iterations")
-    loss = data.get("final_val_loss")
-    ms = data.get("train_time_ms")
-    if not (isinstance(total, int) and total > 0):
-        return Rejected(NOT_A_RUN, f"malformed summary: num_iterations is {total!r}")
-    if not isinstance(loss, (int, float)) or not isinstance(ms, (int, float)):
-        return Rejected(NOT_A_RUN, f"malformed summary: final_val_loss {loss!r}, train_time_ms {ms!r}")
-    if not math.isfinite(loss):
-        return Rejected(NOT_FINITE, f"final val loss is {loss}")
-    points, steps, drift = [], [], []
-    for v in data.get("val_losses") or []:
-        if isinstance(v, dict) and _numbers(v, ("val_loss", "train_time_ms")) and type(v.get("step")) is int:
-            points.append((float(v["train_time_ms"]), float(v["val_loss"])))
-            steps.append(v["step"])
-            drift.append(_drift(v.get("weight_drift")))
-    curve = np.array(points, dtype=float).reshape(-1, 2)
-    memory = data.get("peak_memory_allocated_mib")
-    hyperparameters = data.get("hyperparameters")
-    return Run(
-        path,
-        float(loss),
-        float(ms),
-        total,
-        curve,
-        np.array(steps, dtype=int),
-        float(memory) if _numbers(data, ("peak_memory_allocated_mib",)) else None,
-        hyperparameters if isinstance(hyperparameters, dict) else {},
-        tuple(drift) if any(drift) else (),
-    )
-
-
-def _numbers(d: dict, keys: tuple[str, ...]) -> bool:
-    return all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool) for k in keys)
-
-
-def _drift(raw) -> dict | None:
-    """The well-formed groups of a validation's weight-drift diagnostics; malformed groups are left out."""
-    if not isinstance(raw, dict):
-        return None
-    groups = {
-        str(group): {k: float(values[k]) for k in DRIFT_KEYS}
-        for group, values in raw.items()
-        if isinstance(values, dict) and _numbers(values, DRIFT_KEYS)
-    }
-    return groups or None
-
-
-def load(paths: list[str]) -> Loaded:
-    """Every run among the paths once: a log and its summary (same folder and stem) are one run."""
-    groups: dict[tuple[Path, str], dict[str, Path]] = {}
-    for file in _candidate_files(paths):
-        kind = "json" if file.suffix == ".json" else "log"
-        group = groups.setdefault((file.parent.resolve(), file.stem), {})
-        group.setdefault(kind, file)  # the same file reached twice, or x.txt beside x.log
-
-    loaded = Loaded([], [], [])
-    for key in sorted(groups, key=lambda k: (str(k[0]), k[1])):
-        group = groups[key]
-        log, summary = group.get("log"), group.get("json")
-        result = read_summary(summary) if summary is not None else None
-        # A summary decides about its run; the log decides when there is no usable summary.
-        if isinstance(result, Unusable):
-            if log is None and result.quiet:
-                continue
-            if log is None:
-                result = Rejected(NOT_A_RUN, result.reason)
-            else:
-                if not result.quiet:
-                    loaded.notes.append(f"warning: ignored {summary}: {result.reason}; using {log}")
-                result = None
-        if result is None:
-            result = read_log(log)
-        elif isinstance(result, Run) and log is not None:
-            result = dataclasses.replace(result, file=log)  # a run is listed by its log
-        if isinstance(result, Run):
-            loaded.runs.append(result)
-        else:
-            loaded.skips.append(Skip(log if log is not None else summary, result.reason, result.kind))
-    return loaded
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -466,14 +210,24 @@ def _describe_set(loaded: Loaded, target: float) -> dict:
 
 
 def analyse(
-    loaded: Loaded, target: float, samples: int, size: int, seed: int, baseline: Loaded | None = None
+    loaded: Loaded,
+    target: float,
+    samples: int,
+    size: int,
+    seed: int,
+    baseline: Loaded | None = None,
+    target_source: str = "given",
 ) -> tuple[dict, np.ndarray]:
     """The report (as written by --json) and the bootstrap p-values behind it."""
     described = _describe_set(loaded, target)
     loss = _arrays(loaded.runs)[0]
     report = {key: described[key] for key in ("n", "skipped", "few_runs", "note")}
-    report = {"format": REPORT_FORMAT, **report, "target": target}
+    report = {"format": REPORT_FORMAT, **report, "target": target, "target_source": target_source}
+    report["kind"] = cli.kind_of([loaded])
     report["val_loss"] = described["val_loss"]
+    # The optimization track's own per-batch rule, beside the t-test, for that track's logs only.
+    track = report["kind"] == OPTIMIZATION
+    report["track_rule"] = tracks.batch_rule(float(np.mean(loss)), len(loss), target) if track else None
     pvalues = np.array([])
     boot = {
         "samples": samples,
@@ -523,8 +277,18 @@ def _num(x: float | None, spec: str) -> str:
     return "undefined" if x is None else format(x, spec)
 
 
-def _runs(n: int) -> str:
-    return f"{n} run" if n == 1 else f"{n} runs"
+def track_rule_line(rule: dict, target: float, n: int) -> str:
+    verdict = "passes" if rule["passes"] else "does not pass"
+    return (
+        f"optimization track rule: ({target:g} - mean) * sqrt({n}) = {rule['statistic']:.5f}, "
+        f"{'>=' if rule['passes'] else '<'} {rule['margin']:g}: {verdict} (one-sided z-test, sigma {rule['sigma']:g} "
+        "assumed by the track, p < 0.001)"
+    )
+
+
+def _track_lines(report: dict) -> list[str]:
+    rule = report["track_rule"]
+    return [] if rule is None else [track_rule_line(rule, report["target"], report["n"])]
 
 
 def _too_few(n: int) -> str:
@@ -544,6 +308,7 @@ def render_text(report: dict) -> str:
             f"std:  \t{v['std']:.6f}",
             f"val loss {CONFIDENCE_TEXT} confidence interval: ({lo:.6f} - {hi:.6f})",
             f"val_loss t-test p={format_p(v['pvalue'])} (small means <{report['target']:g})",
+            *_track_lines(report),
             "",
             f"--- Bootstrap p-value analysis ({b['samples']} samples of size {b['size']} each) ---",
             f"Mean p-value: {b['mean_p']:.6f}",
@@ -559,6 +324,7 @@ def render_text(report: dict) -> str:
         lines += _render_power(report["power"], n)
     else:
         lines += [
+            *_track_lines(report),
             _too_few(n),
             "",
             "--- Training Time Stats ---",
@@ -567,6 +333,9 @@ def render_text(report: dict) -> str:
         ]
     if "baseline" in report:
         lines += _render_baseline(report)
+    lines += ["", f"target {report['target']:g}: {report['target_source']}"]
+    if report.get("at_step") is not None:
+        lines.append(f"every run's val loss at step {report['at_step']} (--at-step), not at its last step")
     return "\n".join(lines) + "\n"
 
 
@@ -687,48 +456,6 @@ def _md_runs(title: str, described: dict, folder: Path) -> list[str]:
     return lines
 
 
-def import_figure(option: str = "--plot"):
-    """matplotlib's Figure class, imported only when a figure is asked for.
-
-    Any exception counts, not only ImportError: a broken install (a wrong numpy, a missing shared library)
-    fails in other ways, and the message must show the real cause rather than claim it is not installed.
-    """
-    try:
-        from matplotlib.figure import Figure
-    except Exception as e:  # noqa: BLE001 (see above)
-        raise EvidenceError(
-            f"{option} needs matplotlib, and importing it failed: {type(e).__name__}: {e}. Install it "
-            f"(pip install matplotlib) or repair the installation, or leave out {option}."
-        ) from None
-    return Figure
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file beside `path`, then rename it over `path`: a crash or a full disk never
-    leaves half a file where the user expects a whole one."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    created = False
-    try:
-        with open(tmp, "xb") as f:
-            created = True
-            write(f)
-        os.replace(tmp, path)
-        created = False
-    except OSError as e:
-        raise EvidenceError(f"cannot write {path}: {e.strerror or e}.") from None
-    except ValueError as e:  # matplotlib: a file type it cannot write
-        raise EvidenceError(f"cannot write {path}: {e}") from None
-    finally:
-        if created:
-            tmp.unlink(missing_ok=True)
-
-
-def save_figure(fig, path: Path) -> None:
-    # A file object carries no name, so the format comes from the path's suffix (png when there is none).
-    fmt = path.suffix[1:].lower() or "png"
-    write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=FIGURE_DPI))
-
-
 def final_loss_bins(values: np.ndarray, single_width: float) -> np.ndarray:
     """Histogram edges from the values' own spread, so that distinct values show as distinct bars.
 
@@ -756,20 +483,37 @@ def degenerate_pvalues_text(pvalues: np.ndarray) -> str | None:
     return f"all {len(pvalues)} bootstrap p-values are {p:g}:\n{verdict} (p < {ALPHA_TEXT})"
 
 
+def _interval_span(ax, ci_lo: float, ci_hi: float, x_lo: float, x_hi: float) -> None:
+    """Shade the interval of the mean within the axis; an end beyond the axis is cut there, marked with an
+    arrow at the edge, and the legend gives the whole interval, so a clipped span never reads as the interval."""
+    label = f"{CONFIDENCE_TEXT} interval of the mean"
+    clipped = ci_lo < x_lo or ci_hi > x_hi
+    if clipped:
+        label += f" ({ci_lo:.6g} to {ci_hi:.6g}), clipped at the axis (arrows)"
+    ax.axvspan(max(ci_lo, x_lo), min(ci_hi, x_hi), color="C1", alpha=0.25, zorder=0, label=label)
+    edge = ax.get_xaxis_transform()
+    for beyond, x, marker in ((ci_lo < x_lo, x_lo, "<"), (ci_hi > x_hi, x_hi, ">")):
+        if beyond:
+            ax.plot([x], [0.5], marker=marker, color="C1", ms=12, transform=edge, clip_on=False, ls="none")
+
+
 def figure(report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Run] | None):
     """The --plot figure: val loss curves, a zoom on the end when some run gets near the target, the final
     losses (histogram and one tick per run) and the bootstrap p-values."""
-    Figure = import_figure()
+    Figure = cli.import_figure()
     target = report["target"]
     limit = target + ZOOM_ABOVE_TARGET
     sets = [(baseline or [], dict(color="0.6", lw=0.7, alpha=0.5)), (runs, dict(color="C0", lw=0.7, alpha=0.5))]
     # The whole curves span ~11 down to the target: the zoom shows the end, where runs differ. It is its own
     # panel (an inset covers the curves of small or slow batches) and only there when it has points.
     zoomed = any(np.any(r.curve[:, 1] <= limit) for group, _ in sets for r in group)
-    fig = Figure(figsize=(PANEL_WIDTH * (4 if zoomed else 3), PANEL_HEIGHT), layout="constrained")
-    axes = list(fig.subplots(1, 4 if zoomed else 3))
+    # One run has no bootstrap: no panel for it rather than an empty one (the final-loss title says why).
+    booted = len(pvalues) > 0
+    count = 2 + zoomed + booted
+    fig = Figure(figsize=(PANEL_WIDTH * count, PANEL_HEIGHT), layout="constrained")
+    axes = list(fig.subplots(1, count))
     curves, zoom = axes[0], axes[1] if zoomed else None
-    finals, boot = axes[-2:]
+    finals = axes[1 + zoomed]
 
     for group, style in sets:
         for r in group:
@@ -804,9 +548,9 @@ def figure(report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Ru
         lo, hi = min(lo, target), max(hi, target)
     span = max(hi - lo, FINALS_MIN_SPAN)
     bins = final_loss_bins(every, span * SINGLE_BIN_FRACTION)
+    x_lo, x_hi = lo - span * FINALS_PAD, hi + span * FINALS_PAD
     if report["val_loss"]["ci99"] is not None:
-        ci_lo, ci_hi = report["val_loss"]["ci99"]
-        finals.axvspan(ci_lo, ci_hi, color="C1", alpha=0.25, zorder=0, label=f"{CONFIDENCE_TEXT} interval of the mean")
+        _interval_span(finals, *report["val_loss"]["ci99"], x_lo, x_hi)
     if len(base_loss):
         finals.hist(base_loss, bins=bins, color="0.6", alpha=0.6, ec="white", lw=0.5, label="baseline")
     finals.hist(loss, bins=bins, color="C0", alpha=0.7, ec="white", lw=0.5, label="runs")
@@ -817,18 +561,26 @@ def figure(report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Ru
     finals.plot(loss, np.full(len(loss), RUG_Y), "|", color="C0", ms=14, mew=1.5, transform=rug, label="one run")
     if lo <= target <= hi:
         finals.axvline(target, color="C3", ls="--", lw=1.5, label=f"target {target:g}")
-    finals.set_xlim(lo - span * FINALS_PAD, hi + span * FINALS_PAD)
+    finals.set_xlim(x_lo, x_hi)
     title = f"Final val loss ({_runs(len(loss))})" + ("" if lo <= target <= hi else f"\ntarget {target:g} off the axis")
+    if not booted:
+        title += "\nno bootstrap panel: resampling needs at least 2 runs"
     finals.set(xlabel="final val loss", ylabel="runs", title=title)
     finals.legend(fontsize="small")
 
+    if booted:
+        _bootstrap_panel(axes[-1], report, runs, pvalues)
+    return fig
+
+
+def _bootstrap_panel(boot, report: dict, runs: list[Run], pvalues: np.ndarray) -> None:
     b = report["bootstrap"]
     degenerate = degenerate_pvalues_text(pvalues)
     if degenerate is not None:
         boot.text(0.5, 0.5, degenerate, ha="center", va="center", transform=boot.transAxes)
         boot.set_title(f"Bootstrap p-values ({b['samples']} samples of {b['size']} runs)")
         boot.set(xticks=[], yticks=[])
-    elif len(pvalues):
+    else:
         floor = 1e-16  # p-values of 0 (zero-variance resamples) are drawn at the left edge
         clipped = np.clip(pvalues, floor, 1)
         boot.hist(clipped, bins=np.logspace(np.log10(clipped.min()), 0, 40), color="C2")
@@ -839,73 +591,48 @@ def figure(report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Ru
             f"{100 * b['frac_below_0_01']:.1f}% < {ALPHA_TEXT}"
         )
         boot.legend()
-    else:
-        boot.text(0.5, 0.5, "the bootstrap needs at least 2 runs", ha="center", va="center", transform=boot.transAxes)
-        boot.set_title("Bootstrap p-values")
-        boot.set(xticks=[], yticks=[])
-    if report["note"] and len(runs) > 1:
+    if report["note"]:
         boot.set_title(f"{boot.get_title()}\nonly {_runs(len(runs))}: these figures mean little")
     boot.set(xlabel="p-value", ylabel="samples")
-    return fig
 
 
 def plot(path: Path, report: dict, runs: list[Run], pvalues: np.ndarray, baseline: list[Run] | None):
     """Write the figure to `path` and return it (tests read its axes)."""
     fig = figure(report, runs, pvalues, baseline)
-    save_figure(fig, path)
+    cli.save_figure(fig, path, FIGURE_DPI)
     return fig
 
 
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def _whole(text: str, least: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < least:
-        raise argparse.ArgumentTypeError(f"expected a {what} whole number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _whole(text, 1, "positive")
-
-
-def _seed(text: str) -> int:
-    return _whole(text, 0, "non-negative")
-
-
 def _sample_size(text: str) -> int:
-    value = _positive_int(text)
+    value = cli.whole(1, "a positive")(text)
     if value < 2:
         raise argparse.ArgumentTypeError("a t-test needs samples of at least 2 runs")
     return value
 
 
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    return value
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def parse_args(argv: list[str] | None):
+    parser = cli.Parser(
         prog="evidence.py",
         description="Statistics of speedrun runs: is the mean final val loss below the target (p < 0.01), "
         "how often would a batch of runs pass, and how long do runs take.",
-        epilog="Paths are run logs (.txt), JSON summaries written by train_gpt.py, or folders searched recursively "
-        "for both; a log and its summary count as one run. Give --baseline after the submission's paths.",
+        epilog="Paths are run logs (ours, the public speedrun's of every track), JSON summaries written by "
+        "train_gpt.py, or folders searched recursively for both; a log and its summary count as one run. Give "
+        "--baseline after the submission's paths.",
     )
     parser.add_argument("paths", nargs="+", help="logs, summaries or folders of the submission")
-    parser.add_argument("--target", type=_finite, default=DEFAULT_TARGET, help="val loss to beat (default %(default)s)")
     parser.add_argument(
-        "--bootstrap", type=_positive_int, default=DEFAULT_BOOTSTRAP, help="bootstrap samples (default %(default)s)"
+        "--target",
+        type=cli.number(),
+        help="val loss to beat (default: 2.92 for our runs and the medium track, 3.28 for the optimization track)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=cli.whole(1, "a positive"),
+        default=DEFAULT_BOOTSTRAP,
+        help="bootstrap samples (default %(default)s)",
     )
     parser.add_argument(
         "--sample-size",
@@ -913,77 +640,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_SAMPLE_SIZE,
         help="runs per bootstrap sample (default %(default)s)",
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=cli.whole(0, "a non-negative"), default=0, help="seed of the bootstrap (default %(default)s)"
+    )
     parser.add_argument(
         "--baseline",
         nargs="+",
         metavar="PATH",
         help="runs to compare with, e.g. the previous record re-run on the same machine",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument(
-        "--markdown", type=Path, metavar="FILE", help="write a README section for the submission to FILE"
+    cli.add_at_step(parser)
+    cli.add_output_options(
+        parser, "write a README section for the submission to FILE", "write a figure of the runs to FILE.png"
     )
-    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a figure of the runs to FILE.png")
-    parser.add_argument("--force", action="store_true", help="overwrite the --markdown and --plot files if they exist")
     return parser.parse_args(argv)
 
 
-def _check_output(path: Path | None, force: bool, option: str) -> None:
-    if path is None:
-        return
-    if path.exists() and not force:
-        raise EvidenceError(f"{option} {path} already exists; give --force to overwrite it, or another file name.")
-    if not path.parent.is_dir():
-        raise EvidenceError(f"{option} {path}: the folder {path.parent} does not exist.")
-
-
-def load_checked(paths: list[str], what: str) -> Loaded:
-    loaded = load(paths)
-    for note in loaded.notes:
-        print(note, file=sys.stderr)
-    for skip in loaded.skips:
-        print(f"warning: skipped {skip.file}: {skip.reason}", file=sys.stderr)
-    if not loaded.runs:
-        found = (
-            f"all {len(loaded.skips)} inputs were skipped (see the warnings above)"
-            if loaded.skips
-            else "no logs or summaries were found"
-        )
-        raise EvidenceError(
-            f"no finished runs in the {what} ({' '.join(paths)}): {found}. Give run logs (.txt), the JSON summaries "
-            "written by train_gpt.py, or folders holding them."
-        )
-    counts: dict[int, int] = {}
-    for r in loaded.runs:
-        counts[r.num_iterations] = counts.get(r.num_iterations, 0) + 1
-    if len(counts) > 1:
-        listed = ", ".join(f"{steps} steps ({_runs(k)})" for steps, k in sorted(counts.items()))
-        print(f"warning: the {what} runs have different num_iterations: {listed}", file=sys.stderr)
-    return loaded
+def report_folder(args, argv: list[str] | None) -> str:
+    """The whole tool on parsed options: the text (or JSON) to print; --markdown and --plot written."""
+    cli.check_outputs(args.markdown, args.plot, args.force)
+    loaded = cli.load_checked(args.paths, "submission", args.at_step)
+    baseline = cli.load_checked(args.baseline, "baseline", args.at_step) if args.baseline else None
+    target, source = cli.resolve_target(args.target, [loaded] + ([baseline] if baseline else []))
+    report, pvalues = analyse(loaded, target, args.bootstrap, args.sample_size, args.seed, baseline, source)
+    report["at_step"] = args.at_step
+    if args.plot is not None:
+        plot(args.plot, report, loaded.runs, pvalues, baseline.runs if baseline else None)
+    if args.markdown is not None:
+        command = " ".join(["python records/evidence.py", *(argv if argv is not None else sys.argv[1:])])
+        cli.write_text(args.markdown, render_markdown(report, args.markdown, args.plot, command))
+    return json.dumps(report, indent=2) + "\n" if args.json else render_text(report)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        _check_output(args.markdown, args.force, "--markdown")
-        _check_output(args.plot, args.force, "--plot")
-        if args.markdown is not None and args.plot is not None and args.markdown.resolve() == args.plot.resolve():
-            raise EvidenceError("--markdown and --plot name the same file.")
-        loaded = load_checked(args.paths, "submission")
-        baseline = load_checked(args.baseline, "baseline") if args.baseline else None
-        report, pvalues = analyse(loaded, args.target, args.bootstrap, args.sample_size, args.seed, baseline)
-        if args.plot is not None:
-            plot(args.plot, report, loaded.runs, pvalues, baseline.runs if baseline else None)
-        if args.markdown is not None:
-            command = " ".join(["python records/evidence.py", *(argv if argv is not None else sys.argv[1:])])
-            text = render_markdown(report, args.markdown, args.plot, command)
-            write_atomically(args.markdown, lambda f: f.write(text.encode()))
-    except EvidenceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else render_text(report))
-    return 0
+    return cli.run(lambda: report_folder(args, argv))
 
 
 if __name__ == "__main__":

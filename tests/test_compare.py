@@ -238,11 +238,27 @@ def test_welch_differences_match_scipy(tmp_path, capsys):
         expected = stats.ttest_ind(x, y, equal_var=False)
         assert pair[key]["diff"] == pytest.approx(x.mean() - y.mean(), rel=1e-10)
         assert pair[key]["pvalue"] == pytest.approx(expected.pvalue, rel=1e-9)
-    # equal steps: no adjustment, the score is the plain difference over sqrt(1/7 + 1/5)
+    # our runs, equal steps: no adjustment, no track score; the verdict is Welch's test at p < 0.01
     adj = pair["step_adjusted"]
-    assert adj["steps_diff"] == 0
+    assert adj["steps_diff"] == 0 and adj["score"] is None and adj["threshold"] is None
     assert adj["adjusted_diff"] == pytest.approx(loss_a.mean() - loss_b.mean(), rel=1e-10)
-    assert adj["score"] == pytest.approx((loss_a.mean() - loss_b.mean()) / math.sqrt(1 / 7 + 1 / 5), rel=1e-10)
+    p = stats.ttest_ind(loss_a, loss_b, equal_var=False).pvalue
+    assert adj["welch"]["pvalue"] == pytest.approx(p, rel=1e-9)
+    assert adj["verdict"] == ("a (muon) better" if p < 0.01 else "no significant difference")
+
+
+def test_one_run_per_batch_gives_no_test_and_says_why(tmp_path, capsys):
+    a, b = batch(tmp_path / "runA", [2.93], [10]), batch(tmp_path / "runB", [2.95], [10])
+    report = report_of([a, b], capsys)
+    (pair,) = report["pairs"]
+    assert pair["val_loss"] is None and pair["train_time_min"] is None
+    adj = pair["step_adjusted"]
+    assert adj["verdict"] is None and adj["welch"] is None and "at least 2 runs in each batch" in adj["note"]
+    out = run([a, b], capsys)[1]
+    assert "runA better" not in out and "runB better" not in out
+    assert "one run, so no interval, t-test or Welch test" in out
+    assert out.startswith("Compared 2 batches:") and "1 runs" not in out
+    assert "[n/a: 1 run]" in out
 
 
 def symmetric(mean, n):
@@ -250,73 +266,110 @@ def symmetric(mean, n):
     return [mean + 0.0005 * (1 if i % 2 else -1) for i in range(n)]
 
 
+def track_log(path, final, steps, val_every=125, decimals=5):
+    """A log in the optimization track's format: the time in seconds, five decimals."""
+    lines = ["# source", "=" * 100, "Running PyTorch 2.11.0", "=" * 100]
+    for s in list(range(0, steps, val_every)) + [steps]:
+        loss = final + 0.5 * (steps - s) / steps
+        lines.append(f"step:{s}/{steps} val_loss:{loss:.{decimals}f} train_time:{s * 0.15:.3f}s step_avg:150.00ms")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def track_batch(folder, losses, steps):
+    for i, loss in enumerate(losses):
+        track_log(folder / f"r{i}.txt", loss, steps)
+    return folder
+
+
 def test_step_adjusted_rule_worked_example(tmp_path, capsys):
-    """The public speedrun's rule: B beats A when
+    """The optimization track's rule, for its logs: B beats A when
     (loss_A - loss_B + (steps_A - steps_B) / 100 * 0.0045) / sqrt(1/n_A + 1/n_B) >= 0.004.
 
-    A: 4 runs of 5000 steps, mean 2.9200. B: 4 runs of 4900 steps, mean 2.9180. Slope 0.000045 per step.
-    A ran 100 more steps, so its loss at 4900 steps would be about 2.9200 + 100 * 0.000045 = 2.9245:
-    adjusted = 2.9200 - 2.9180 + 0.0045 = 0.0065, score = 0.0065 / sqrt(1/4 + 1/4) = 0.0091924 >= 0.004:
+    A: 4 runs of 5000 steps, mean 3.2700. B: 4 runs of 4900 steps, mean 3.2680. Published slope 0.000045 per
+    step. A ran 100 more steps, so its loss at 4900 steps would be about 3.2700 + 100 * 0.000045 = 3.2745:
+    adjusted = 3.2700 - 3.2680 + 0.0045 = 0.0065, score = 0.0065 / sqrt(1/4 + 1/4) = 0.0091924 >= 0.004:
     B is better. (Without the steps, 0.002 / 0.7071 = 0.0028 would not be significant.)
     """
-    a = batch(tmp_path / "A", symmetric(2.9200, 4), [10] * 4, steps=5000, val_every=1000)
-    b = batch(tmp_path / "B", symmetric(2.9180, 4), [10] * 4, steps=4900, val_every=980)
-    (pair,) = report_of([a, b, "--slope", "0.000045"], capsys)["pairs"]
+    a = track_batch(tmp_path / "A", symmetric(3.2700, 4), 5000)
+    b = track_batch(tmp_path / "B", symmetric(3.2680, 4), 4900)
+    report = report_of([a, b], capsys)
+    assert report["target"] == 3.28 and report["track_rules"]
+    (pair,) = report["pairs"]
     adj = pair["step_adjusted"]
-    assert (adj["steps_diff"], adj["slope"], adj["slope_source"]) == (100, 0.000045, "given")
+    assert (adj["steps_diff"], adj["slope_source"]) == (100, "published")
+    assert adj["slope"] == pytest.approx(0.0045 / 100, rel=1e-12)
     assert adj["adjusted_diff"] == pytest.approx(0.0065, abs=1e-12)
     assert adj["score"] == pytest.approx(0.0091924, abs=1e-7)
-    assert adj["verdict"] == "B (muon) better"
-    shifted = stats.ttest_ind(np.array(symmetric(2.92, 4)) + 0.0045, symmetric(2.918, 4), equal_var=False)
+    assert adj["verdict"] == "B better"
+    shifted = stats.ttest_ind(np.array(symmetric(3.27, 4)) + 0.0045, symmetric(3.268, 4), equal_var=False)
     assert adj["welch"]["pvalue"] == pytest.approx(shifted.pvalue, rel=1e-9)
+    # the per-batch rule: (3.28 - 3.2680) * sqrt(4) = 0.024 >= 0.004
+    rule = report["batches"][1]["track_rule"]
+    assert rule["statistic"] == pytest.approx(0.024, abs=1e-12) and rule["passes"]
 
     # The other order flips the sign, not the verdict.
-    (pair,) = report_of([b, a, "--slope", "0.000045"], capsys)["pairs"]
+    (pair,) = report_of([b, a], capsys)["pairs"]
     assert pair["step_adjusted"]["score"] == pytest.approx(-0.0091924, abs=1e-7)
-    assert pair["step_adjusted"]["verdict"] == "B (muon) better"
+    assert pair["step_adjusted"]["verdict"] == "B better"
 
-    # B 100 steps fewer but 0.0030 worse: adjusted = 2.9200 - 2.9230 + 0.0045 = 0.0015, score 0.0021213: no verdict.
-    worse = batch(tmp_path / "C", symmetric(2.9230, 4), [10] * 4, steps=4900, val_every=980)
-    (pair,) = report_of([a, worse, "--slope", "0.000045"], capsys)["pairs"]
+    # B 100 steps fewer but 0.0030 worse: adjusted = 3.2700 - 3.2730 + 0.0045 = 0.0015, score 0.0021213: no verdict.
+    worse = track_batch(tmp_path / "C", symmetric(3.2730, 4), 4900)
+    (pair,) = report_of([a, worse], capsys)["pairs"]
     assert pair["step_adjusted"]["score"] == pytest.approx(0.0021213, abs=1e-7)
     assert pair["step_adjusted"]["verdict"] == "no significant difference"
     # A stricter threshold takes the verdict of the first example away.
-    (pair,) = report_of([a, b, "--slope", "0.000045", "--threshold", "0.01"], capsys)["pairs"]
+    (pair,) = report_of([a, b, "--threshold", "0.01"], capsys)["pairs"]
     assert pair["step_adjusted"]["verdict"] == "no significant difference"
-    out = run([a, b, "--slope", "0.000045"], capsys)[1]
-    row = r"A \(muon\)\s+B \(muon\)\s+.*\+100\s+4\.5e-05 \(given\)\s+\+0\.006500\s+\+0\.00919\s+B \(muon\) better"
+    out = run([a, b], capsys)[1]
+    row = r"A\s+B\s+.*\+100\s+4\.5e-05 \(published\)\s+\+0\.006500\s+\+0\.00919\s+B better"
     assert re.search(row, out)
 
 
-def test_slope_is_measured_from_the_last_validations(tmp_path, capsys):
-    # Mean curves (two runs each, equal curves) with known last three validations.
+def test_our_runs_get_no_track_constant(tmp_path, capsys):
+    """The issue's example: B 100 steps shorter with a 0.006 higher loss, n = 10 each. Our runs: no slope by
+    default, so no adjusted comparison; with --slope 0.000045 Welch's test of the shifted losses decides."""
+    a = batch(tmp_path / "A", symmetric(2.9200, 10), [10] * 10, steps=5000, val_every=1000)
+    b = batch(tmp_path / "B", symmetric(2.9260, 10), [10] * 10, steps=4900, val_every=980)
+    report = report_of([a, b], capsys)
+    assert report["target"] == 2.92 and not report["track_rules"]
+    adj = report["pairs"][0]["step_adjusted"]
+    assert adj["adjusted_diff"] is None and adj["verdict"] is None and "give --slope" in adj["note"]
+    adj = report_of([a, b, "--slope", "0.000045"], capsys)["pairs"][0]["step_adjusted"]
+    assert adj["adjusted_diff"] == pytest.approx(-0.0015, abs=1e-12) and adj["score"] is None
+    p = stats.ttest_ind(np.array(symmetric(2.92, 10)) + 0.0045, symmetric(2.926, 10), equal_var=False).pvalue
+    assert adj["welch"]["pvalue"] == pytest.approx(p, rel=1e-9)
+    assert adj["verdict"] == ("A (muon) better" if p < 0.01 else "no significant difference")
+
+
+def test_slope_fitted_over_a_range_with_its_interval(tmp_path, capsys):
     a_curve = {0: 11.0, 100: 3.2, 200: 3.05, 300: 2.99, 400: 2.95}  # final (500): 2.93
     b_curve = {0: 11.0, 90: 3.3, 180: 3.1, 270: 3.0, 360: 2.96, 450: 2.945}  # final (540): 2.925
     for folder, curve, final, steps in ((tmp_path / "A", a_curve, 2.93, 500), (tmp_path / "B", b_curve, 2.925, 540)):
         for i in range(2):
             summary(folder, f"r{i}", final, steps=steps, curve=curve)
-    # Independent: least squares of loss on step with one intercept per batch over the last 3 points each.
-    xa, ya = [300, 400, 500], [2.99, 2.95, 2.93]
-    xb, yb = [360, 450, 540], [2.96, 2.945, 2.925]
+    # Independent: least squares of loss on step with one intercept per batch over the steps 150-460.
+    xa, ya = [200, 300, 400], [3.05, 2.99, 2.95]
+    xb, yb = [180, 270, 360, 450], [3.1, 3.0, 2.96, 2.945]
     design = np.array([[x, 1, 0] for x in xa] + [[x, 0, 1] for x in xb], dtype=float)
-    coef = np.linalg.lstsq(design, np.array(ya + yb), rcond=None)[0]
-    slope = -coef[0]
-    (pair,) = report_of([tmp_path / "A", tmp_path / "B"], capsys)["pairs"]
+    y = np.array(ya + yb)
+    coef, rss, *_ = np.linalg.lstsq(design, y, rcond=None)
+    se = math.sqrt(rss[0] / (7 - 3) * np.linalg.inv(design.T @ design)[0, 0])
+    half = stats.t.ppf(0.995, 4) * se
+    (pair,) = report_of([tmp_path / "A", tmp_path / "B", "--fit-slope", "150:460"], capsys)["pairs"]
     adj = pair["step_adjusted"]
-    assert adj["slope_source"] == "measured"
-    assert adj["slope"] == pytest.approx(slope, rel=1e-10)
-    assert adj["adjusted_diff"] == pytest.approx(2.93 - 2.925 + (500 - 540) * slope, rel=1e-10)
-
-    # a pooled slope that says the loss rises at the end (C: 2.90, 2.99, 3.05) gives nothing to adjust with
-    for i in range(2):
-        summary(tmp_path / "C", f"r{i}", 3.05, steps=450, curve={0: 11.0, 300: 2.90, 400: 2.99})
-    (pair,) = report_of([tmp_path / "A", tmp_path / "C"], capsys)["pairs"]
-    adj = pair["step_adjusted"]
-    assert adj["slope"] < 0 and adj["score"] is None and adj["note"].endswith("give --slope")
-    assert adj["verdict"] is None
-    # a given slope of 0 asks for no adjustment: the plain difference over sqrt(1/2 + 1/2)
-    (pair,) = report_of([tmp_path / "A", tmp_path / "C", "--slope", "0"], capsys)["pairs"]
-    assert pair["step_adjusted"]["score"] == pytest.approx(2.93 - 3.05, rel=1e-10)
+    assert adj["slope_source"] == "fitted over steps 150-460"
+    assert adj["slope"] == pytest.approx(-coef[0], rel=1e-10)
+    assert adj["slope_ci99"] == pytest.approx([-coef[0] - half, -coef[0] + half], rel=1e-9)
+    assert adj["adjusted_diff"] == pytest.approx(2.93 - 2.925 + (500 - 540) * -coef[0], rel=1e-10)
+    out = run([tmp_path / "A", tmp_path / "B", "--fit-slope", "150:460"], capsys)[1]
+    assert f"{-coef[0]:.3g} [{-coef[0] - half:.3g}, {-coef[0] + half:.3g}] (fitted over steps 150-460)" in out
+    # a range without two validations per curve gives no slope, and says so
+    adj = report_of([tmp_path / "A", tmp_path / "B", "--fit-slope", "410:420"], capsys)["pairs"][0]["step_adjusted"]
+    assert adj["slope"] is None and adj["note"] == "too few validations in the --fit-slope range"
+    # a given slope of 0 asks for no adjustment
+    adj = report_of([tmp_path / "A", tmp_path / "B", "--slope", "0"], capsys)["pairs"][0]["step_adjusted"]
+    assert adj["adjusted_diff"] == pytest.approx(2.93 - 2.925, rel=1e-10)
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -350,11 +403,11 @@ def test_plot_zooms_near_the_target_and_falls_back_for_toy_runs(tmp_path, capsys
     toy = batch(tmp_path / "toy", [6.51, 6.53], [900, 950], memory=None, optimizer=None)
 
     fig = compare.figure(report_of([near], capsys))
-    by_step, by_time, speed, memory = fig.axes
+    by_step, by_time, speed = fig.axes  # no memory logged: no memory panel
     # near the target: from the lowest run (2.918, below 2.92) to 2.92 + 0.25, widened by 5% of 0.252 each side
     assert by_step.get_ylim() == pytest.approx((2.918 - 0.0126, 3.17 + 0.0126), abs=1e-9)
     assert [p.get_height() for p in speed.patches] == pytest.approx([251.0])
-    assert [t.get_text() for t in memory.texts] == ["n/a"]
+    assert len(speed.lines) == 3  # the error bar and its two caps
 
     report = report_of([toy], capsys)
     fig = compare.figure(report)
@@ -362,13 +415,15 @@ def test_plot_zooms_near_the_target_and_falls_back_for_toy_runs(tmp_path, capsys
     lows, highs = report["batches"][0]["mean_curve"]["val_loss_min"], report["batches"][0]["mean_curve"]["val_loss_max"]
     assert lo < min(lows) and hi > max(highs) and lo > TARGET  # the data range, not the target
     assert "whole range" in fig.axes[0].get_title()
+    speed = fig.axes[2]  # two runs: the ms-per-step interval reaches below zero, so no error bar and no cap
+    assert len(speed.lines) == 0 and "no interval for toy: too few runs" in speed.get_title()
 
     def drift(s):
         return {g: {"relative_distance": 1e-3 * s, "cosine": 1 - 1e-3 * s} for g in GROUPS[:3]}
 
     summary(tmp_path / "drift", "r0", 2.93, drift=drift)
     fig = compare.figure(report_of([near, tmp_path / "drift"], capsys))
-    assert len(fig.axes) == 4 + 2 * 3
+    assert len(fig.axes) == 4 + 2 * 3  # the drift batch logged its memory: the memory panel is back
     assert fig.axes[4].get_title() == "embed: ||w - w0|| / ||w0||"
     assert fig.axes[-1].get_title() == "attention: cos(w, w0)"
 
@@ -387,7 +442,7 @@ def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys):
         ([tmp_path / "nope"], r"error: .*nope does not exist\. Give one folder of runs"),
         ([tmp_path / "file.txt"], r"error: .*file\.txt is not a folder\."),
         ([empty], r"error: no finished runs in the batch empty \(.*\): no logs or summaries were found\."),
-        ([skipped], r"error: no finished runs in the batch skipped \(.*\): all 1 inputs were skipped"),
+        ([skipped], r"error: no finished runs in the batch skipped \(.*\): the only input was skipped"),
         ([good, good], r"error: .*good is given twice"),
         ([good, "--markdown", tmp_path / "no" / "x.md"], r"error: --markdown .*: the folder .*no does not exist"),
         ([good, "--plot", good], r"error: --plot .*good is a folder"),

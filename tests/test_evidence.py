@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 import train_gpt
-from records import evidence
+from records import evidence, logs
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 2.92
@@ -259,8 +259,15 @@ def test_text_output_keeps_the_speedrun_layout(batch, capsys):
     assert re.fullmatch(
         r"smallest n \(multiple of 5, up to 80\) with P\(p < 0\.01\) >= 90%: (\d+ runs|more than 80 runs)", power[6]
     )
-    assert len(power) == 7
-    assert err == f"warning: skipped {folder / 'broken.txt'}: not a training log (no step lines)\n"
+    assert len(power) == 9 and power[7] == ""
+    assert (
+        power[8] == "target 2.92: the default for public speedrun logs of the medium or short track; short-track logs "
+        "need --target 3.28"
+    )
+    assert (
+        err
+        == f"warning: skipped {folder / 'broken.txt'}: not a training log (no step lines after the line of 100 '=')\n"
+    )
 
 
 def test_tiny_p_values_keep_their_magnitude(tmp_path, capsys):
@@ -289,6 +296,17 @@ def test_fewer_than_two_runs_prints_what_it_can(tmp_path, capsys):
     report, _ = run_json([tmp_path], capsys)
     assert report["val_loss"]["std"] is None and report["val_loss"]["pvalue"] is None
     assert report["bootstrap"]["mean_p"] is None and report["power"] is None
+
+
+def test_one_run_draws_no_empty_bootstrap_panel(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    public_log(tmp_path / "only.txt", 6.5, 1_200_000)  # far from the target: no zoom panel either
+    loaded = logs.load([str(tmp_path)])
+    report, pvalues = evidence.analyse(loaded, TARGET, 100, 40, 0)
+    fig = evidence.figure(report, loaded.runs, pvalues, None)
+    assert len(fig.axes) == 2
+    assert not [ax for ax in fig.axes if ax.get_title().startswith("Bootstrap")]
+    assert fig.axes[1].get_title().endswith("no bootstrap panel: resampling needs at least 2 runs")
 
 
 def test_runs_without_variation_give_no_garbage(tmp_path, capsys):
@@ -325,18 +343,18 @@ def test_logs_and_summaries_written_by_train_gpt(tmp_path, capsys):
     assert [r["final_val_loss"] for r in both["runs"]] == pytest.approx(list(losses + 1.23e-8), abs=1e-12)
     assert [r["train_time_ms"] for r in both["runs"]] == pytest.approx(list(times + 0.4), abs=1e-9)
     # the log alone gives the printed values
-    logs, _ = run_json(sorted(folder.glob("*.txt")), capsys)
-    assert [r["final_val_loss"] for r in logs["runs"]] == list(losses)
-    assert [r["train_time_ms"] for r in logs["runs"]] == list(times)
+    log_only, _ = run_json(sorted(folder.glob("*.txt")), capsys)
+    assert [r["final_val_loss"] for r in log_only["runs"]] == list(losses)
+    assert [r["train_time_ms"] for r in log_only["runs"]] == list(times)
     summaries, _ = run_json(sorted(folder.glob("*.json")), capsys)
     assert summaries["runs"] == [dict(r, file=r["file"][:-4] + ".json") for r in both["runs"]]
 
     # the log's curve is read too: the header (train_gpt.py's own source) adds nothing to it
-    run = evidence.read_log(folder / "run0.txt")
+    run = logs.read_log(folder / "run0.txt")
     assert run.curve[:, 1] == pytest.approx(np.round(losses[0] + 1.23e-8 + 0.5 * (50 - np.arange(0, 51, 10)) / 50, 6))
     # with the step of each validation and the peak memory (our_run logs 1000 MiB allocated), from either file;
     # train_gpt.py's source in the header holds the memory line as an f-string, which must not count
-    summary = evidence.read_summary(folder / "run0.json")
+    summary = logs.read_summary(folder / "run0.json")
     for r in (run, summary):
         assert r.val_steps.tolist() == [0, 10, 20, 30, 40, 50]
         assert r.peak_memory_mib == 1000
@@ -346,10 +364,10 @@ def test_logs_and_summaries_written_by_train_gpt(tmp_path, capsys):
 
 def test_peak_memory_of_public_logs(tmp_path):
     memory = "peak memory allocated: 30734 MiB reserved: 31890 MiB"
-    with_memory = evidence.read_log(public_log(tmp_path / "a.txt", 2.919, 1_000_000, extra=[memory]))
+    with_memory = logs.read_log(public_log(tmp_path / "a.txt", 2.919, 1_000_000, extra=[memory]))
     assert with_memory.peak_memory_mib == 30734
     assert with_memory.val_steps.tolist() == [0, 25, 50, 75, 100]
-    assert evidence.read_log(public_log(tmp_path / "b.txt", 2.919, 1_000_000)).peak_memory_mib is None
+    assert logs.read_log(public_log(tmp_path / "b.txt", 2.919, 1_000_000)).peak_memory_mib is None
 
 
 def test_windows_line_endings(tmp_path, capsys):
@@ -394,15 +412,15 @@ def test_each_kind_of_broken_input_is_skipped_with_one_warning(tmp_path, capsys)
     report, err = run_json([good, bad], capsys)
     assert (report["n"], report["skipped"]) == (3, 10)
     reasons = {
-        "unfinished.txt": r"no final val line \(log ends at step 5\d/100: unfinished or truncated run\)",
-        "cut.txt": r"no final val line \(log ends at step 100/100: unfinished or truncated run\)",
+        "unfinished.txt": r"the log ends at step 5\d of 100, before its final val line",
+        "cut.txt": r"the log ends at step 100 of 100, before its final val line",
         "nan.txt": r"final val loss is nan",
         "public_diverged.txt": r"run diverged \(DIVERGED at step 17: non-finite train loss nan\)",
         "ours_diverged.txt": r"status 'diverged', only finished runs count",
         "ours_killed.txt": r"status 'running', only finished runs count",
         "json_cut.json": r"truncated or invalid JSON \(.+\)",
-        "notes.txt": r"not a training log \(no step lines\)",
-        "binary.log": r"not a training log \(no step lines\)",
+        "notes.txt": r"not a training log \(no step lines after the line of 100 '='\)",
+        "binary.log": r"not a training log \(no step lines after the line of 100 '='\)",
         "config.json": r"not a run summary \(no 'format' field\)",
     }
     kinds = {
@@ -413,7 +431,7 @@ def test_each_kind_of_broken_input_is_skipped_with_one_warning(tmp_path, capsys)
         "ours_diverged.txt": "diverged",
         "ours_killed.txt": "unfinished",
     }
-    loaded = evidence.load([str(bad)])
+    loaded = logs.load([str(bad)])
     assert {s.file.name: s.kind for s in loaded.skips} == {n: kinds.get(n, "not a run") for n in reasons}
     lines = err.splitlines()
     assert len(lines) == len(reasons)
@@ -459,15 +477,15 @@ def test_own_json_report_in_a_folder_is_ignored(batch, capsys):
 
 def test_no_runs_is_an_error(tmp_path, capsys):
     code, out, err = run_cli([tmp_path], capsys)
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")
     assert re.fullmatch(
         r"error: no finished runs in the submission \(.+\): no logs or summaries were found\. .+\n", err
     )
     (tmp_path / "x.txt").write_text("hello\n")
     code, _, err = run_cli([tmp_path], capsys)
-    assert code == 1
+    assert code == 2
     assert err.splitlines()[-1].startswith("error: no finished runs in the submission")
-    assert "all 1 inputs were skipped" in err
+    assert "the only input was skipped (see the warnings above)" in err
 
 
 def test_user_errors_are_one_paragraph_without_traceback(tmp_path):
@@ -477,7 +495,7 @@ def test_user_errors_are_one_paragraph_without_traceback(tmp_path):
         )
 
     missing = cli(tmp_path / "nope")
-    assert missing.returncode == 1
+    assert missing.returncode == 2
     assert (
         missing.stderr == f"error: {tmp_path / 'nope'} does not exist. "
         "Give run logs (.txt), their JSON summaries, or folders holding them.\n"
@@ -549,7 +567,7 @@ def test_markdown_section(batch, tmp_path, capsys):
 
     # an existing file is never overwritten silently
     code, _, err = run_cli([folder, "--markdown", readme], capsys)
-    assert code == 1 and "already exists; give --force" in err
+    assert code == 2 and "already exists; give --force" in err
     assert readme.read_text() == text
     assert run_cli([folder, "--markdown", readme, "--force", "--seed", "3"], capsys)[0] == 0
     assert readme.read_text() != text
@@ -563,14 +581,14 @@ def test_plot_is_a_png(batch, tmp_path, capsys):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     code, _, err = run_cli([folder, "--plot", out], capsys)
-    assert code == 1 and "already exists" in err
+    assert code == 2 and "already exists" in err
 
 
 def test_plot_without_matplotlib_says_so(batch, tmp_path, capsys, monkeypatch):
     folder, _, _ = batch
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
     code, _, err = run_cli([folder, "--plot", tmp_path / "x.png"], capsys)
-    assert code == 1
+    assert code == 2
     assert err == (
         "error: --plot needs matplotlib, and importing it failed: ModuleNotFoundError: import of matplotlib.figure "
         "halted; None in sys.modules. Install it (pip install matplotlib) or repair the installation, or leave "
@@ -593,7 +611,7 @@ def test_a_broken_matplotlib_shows_the_real_error(batch, tmp_path, capsys, monke
     monkeypatch.delitem(sys.modules, "matplotlib.figure", raising=False)
     monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
     code, _, err = run_cli([folder, "--plot", tmp_path / "x.png"], capsys)
-    assert code == 1
+    assert code == 2
     assert f"importing it failed: RuntimeError: {why}." in err and "not installed" not in err
     assert len(err.splitlines()) == 1
 
@@ -603,8 +621,8 @@ def test_a_broken_matplotlib_shows_the_real_error(batch, tmp_path, capsys, monke
 
 def figure_of(folders, tmp_path, baseline=None):
     """The --plot figure of the runs in `folders`, written to a PNG too; with the runs and the report."""
-    loaded = evidence.load([str(f) for f in folders])
-    base = evidence.load([str(baseline)]) if baseline is not None else None
+    loaded = logs.load([str(f) for f in folders])
+    base = logs.load([str(baseline)]) if baseline is not None else None
     report, pvalues = evidence.analyse(loaded, TARGET, 1000, 40, 0, base)
     png = tmp_path / "fig.png"
     fig = evidence.plot(png, report, loaded.runs, pvalues, base.runs if base else None)
@@ -732,3 +750,24 @@ def test_enough_runs_carry_no_note(batch, capsys):
     folder, _, _ = batch
     report, _ = run_json([folder], capsys)
     assert report["few_runs"] is False and report["note"] is None
+
+
+def test_an_interval_wider_than_the_axis_is_shown_clipped(tmp_path, capsys, monkeypatch):
+    """Two runs far apart relative to their distance from each other: the 99% interval (t with 1 degree of
+    freedom) is about 90 times wider than the axis, which spans the runs. The span is cut at the axis, each
+    cut end gets an arrow, and the legend gives the whole interval."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    public_log(tmp_path / "a.txt", 5.30, 1_000_000)
+    public_log(tmp_path / "b.txt", 5.31, 1_000_000)
+    loaded = logs.load([str(tmp_path)])
+    report, pvalues = evidence.analyse(loaded, TARGET, 100, 40, 0)
+    lo, hi = report["val_loss"]["ci99"]
+    fig = evidence.figure(report, loaded.runs, pvalues, None)
+    finals = next(ax for ax in fig.axes if ax.get_title().startswith("Final val loss"))
+    x_lo, x_hi = finals.get_xlim()
+    assert lo < x_lo and hi > x_hi
+    (span,) = [p for p in finals.patches if p.get_label().startswith("99% interval")]
+    assert span.get_x() == pytest.approx(x_lo) and span.get_x() + span.get_width() == pytest.approx(x_hi)
+    assert f"({lo:.6g} to {hi:.6g}), clipped at the axis (arrows)" in span.get_label()
+    markers = sorted(line.get_marker() for line in finals.lines if line.get_marker() in ("<", ">"))
+    assert markers == ["<", ">"]

@@ -35,6 +35,9 @@ TINY = [
     "0.01",
     "--lr-max",
     "0.3",
+    "--condition",
+    "1",
+    "100",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A learning rate per optimizer at which 40 steps of the small problem below go most of the way down.
@@ -159,25 +162,29 @@ def test_command_writes_results_and_figures_and_refuses_to_overwrite(tmp_path, c
     )
     assert done.returncode == 0, done.stderr
     table = [line.split() for line in done.stdout.splitlines()]
-    rows = [r for r in table if r and r[0] in mlr.OPTIMIZERS]
-    assert [(r[0], r[1]) for r in rows] == [(n, m) for m in mlr.MODES for n in mlr.OPTIMIZERS]
+    rows = [r for r in table if len(r) > 2 and r[1] in mlr.OPTIMIZERS]
+    expected = [(k, n, m) for k in ("1", "100") for m in mlr.MODES for n in mlr.OPTIMIZERS]
+    assert [(r[0], r[1], r[2]) for r in rows] == expected
 
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["n"] == 128 and results["settings"]["steps"] == 12
     assert results["settings"]["lr_grid"] == pytest.approx([0.01, math.sqrt(0.01 * 0.3), 0.3])
-    for mode in mlr.MODES:
-        for name in mlr.OPTIMIZERS:
-            r = results["runs"][mode][name]
-            assert set(r) >= {"lr_grid", "best_lr", "loss_curve", "final_loss", "distance_to_ls"}
-            assert len(r["loss_curve"]) == 13 and r["final_loss"] == r["loss_curve"][-1]
-            assert r["final_loss"] >= results["least_squares_loss"] and r["distance_to_ls"] > 0
-            assert r["final_loss"] == min(f for f in r["final_loss_per_lr"] if f is not None)
-            printed = next(row for row in rows if row[:2] == [name, mode])
-            assert float(printed[3]) == pytest.approx(r["final_loss"], rel=1e-5)
-    sv = results["singular_values"]
+    assert [p["condition"] for p in results["sweep"]] == [1, 100]
+    for point in results["sweep"]:
+        assert point["condition_measured"] == pytest.approx(point["condition"], rel=1e-9)
+        for mode in mlr.MODES:
+            for name in mlr.OPTIMIZERS:
+                r = point["runs"][mode][name]
+                assert set(r) >= {"lr_grid", "best_lr", "loss_curve", "final_loss", "distance_to_ls"}
+                assert len(r["loss_curve"]) == 13 and r["final_loss"] == r["loss_curve"][-1]
+                assert r["final_loss"] >= point["least_squares_loss"] and r["distance_to_ls"] > 0
+                assert r["final_loss"] == min(f for f in r["final_loss_per_lr"] if f is not None)
+                kappa = f"{point['condition']:g}"
+                printed = next(row for row in rows if row[:3] == [kappa, name, mode])
+                assert float(printed[4]) == pytest.approx(r["final_loss"], rel=1e-5)
+    sv = results["sweep"][-1]["singular_values"]
     assert sv["steps"][0] == 0 and sv["steps"][-1] == 11
     assert len(sv["gradient"][0]) == len(sv["orthogonalized"][0]) == 3  # min(d + 1, D) singular values
-    assert NS_BAND[0] <= min(sv["orthogonalized"][0]) and max(sv["orthogonalized"][0]) <= NS_BAND[1]
     for name in mlr.OUTPUT_FILES[1:]:
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     umask = os.umask(0)
@@ -188,7 +195,7 @@ def test_command_writes_results_and_figures_and_refuses_to_overwrite(tmp_path, c
     before = {name: (out / name).read_bytes() for name in mlr.OUTPUT_FILES}
     assert mlr.main(["--out", str(out), *TINY]) == 2
     err = capsys.readouterr().err
-    assert "already holds results.json, loss.png, singular_values.png" in err and "--force" in err
+    assert "already holds results.json, conditioning.png, loss.png, singular_values.png" in err and "--force" in err
     assert before == {name: (out / name).read_bytes() for name in mlr.OUTPUT_FILES}
     assert mlr.main(["--out", str(out), *TINY, "--seed", "1", "--force", "--no-figures"]) == 0
     assert json.loads((out / "results.json").read_text())["settings"]["seed"] == 1
@@ -208,6 +215,8 @@ def test_command_writes_results_and_figures_and_refuses_to_overwrite(tmp_path, c
         (["--n", "100", "--batch-size", "101"], "--batch-size"),
         (["--lr-min", "0.5", "--lr-max", "0.1"], "--lr-max"),
         (["--ns-dtype", "fp16"], "--ns-dtype"),
+        (["--condition", "0.5"], "--condition"),
+        (["--condition", "inf"], "--condition"),
     ],
 )
 def test_bad_options_exit_2_naming_the_option(options, named, tmp_path, capsys):
@@ -233,3 +242,52 @@ def test_missing_matplotlib_is_reported_before_the_study(tmp_path, capsys, monke
     assert "needs matplotlib" in err and "--no-figures" in err
     assert "None in sys.modules" in err  # the real import error is shown
     assert not (tmp_path / "results.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ conditioning
+
+
+@pytest.mark.parametrize("correlate", [False, True])
+def test_condition_number_of_the_inputs_is_the_one_asked_for(correlate):
+    g = torch.Generator().manual_seed(4)
+    p = mlr.make_problem(512, 8, 4, 0.3, g, condition=1e3, correlate=correlate)
+    Z = p.X[:, 1:]
+    eig = torch.linalg.eigvalsh(Z.mT @ Z)
+    assert (eig.max() / eig.min()).item() == pytest.approx(1e3, rel=1e-9)
+    assert torch.equal(p.X[:, 0], torch.ones(512, dtype=torch.float64))
+    assert Z.sum(0).abs().max().item() < 1e-9  # orthogonal to the bias column
+    off = (Z.mT @ Z - torch.diag(torch.diagonal(Z.mT @ Z))).abs().max().item()
+    assert (off > 1.0) == correlate  # scaled columns stay orthogonal; rotated ones are correlated
+    torch.testing.assert_close(p.W_ls, mlr.least_squares(p.X, p.Y))
+
+
+def test_ill_conditioning_slows_plain_sgd_and_the_sweep_is_small_enough_for_ci():
+    """At a small size, with tolerances: plain SGD's distance to W_ls at its best rate grows with the condition
+    number (its rate is capped by the largest curvature, the smallest direction then barely moves)."""
+    args = mlr.parse_args(["--out", "unused", *TINY[:-3], "--condition", "1000", "1", "1", "--steps", "40"])
+    results = mlr.study(args)
+    assert args.condition == [1.0, 1000.0]
+    full = [p["runs"]["full"]["sgd"]["distance_to_ls"] for p in results["sweep"]]
+    assert full[0] < 1e-2 < full[1]
+
+
+# ----------------------------------------------------------------------------------- the published setting
+
+
+def test_published_comparison_commands(capsys):
+    from experiments import published_comparison as pc
+
+    assert pc.main(["--dry-run", "--runs", "2", "--launch", "python train_gpt.py", "--", "--preset=tiny"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    train, last = [line.split() for line in lines[:-1]], lines[-1].split()
+    assert len(train) == 2 * len(pc.CONFIGURATIONS)
+    for command in train:
+        assert command[:2] == ["python", "train_gpt.py"] and "--snoo_k=0" in command and command[-1] == "--preset=tiny"
+    published = next(c for c in train if "--record=cmp-muon-published" in c)
+    for option in ("--update_smoothing=0", "--muon_lr=0.02", "--muon_momentum=0.95", "--muon_momentum_start=0.95"):
+        assert option in published
+    record = next(c for c in train if "--record=cmp-muon-record" in c)
+    assert not any(o.startswith(("--update_smoothing", "--muon_lr")) for o in record)  # the record's own settings
+    optimizers = {o.split("=")[1] for c in train for o in c if o.startswith("--matrix_optimizer=")}
+    assert optimizers == {"muon", "adam", "shampoo", "soap"}
+    assert last[1:] == ["records/compare.py", *(f"records/cmp-{name}" for name in pc.CONFIGURATIONS)]
