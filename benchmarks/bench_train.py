@@ -34,6 +34,7 @@ TRAIN_LINE = re.compile(r"^step:(\d+)/\d+ train_time:(\d+)ms")
 VAL_LINE = re.compile(r"^step:\d+/\d+ val_loss:(\S+) ")
 WARMUP_LINE = re.compile(r"^kernel warmup: \d+ steps in ([\d.]+)s")
 MEMORY_LINE = re.compile(r"^peak memory allocated: (\d+) MiB reserved: (\d+) MiB")
+NEWTON_SCHULZ_LINE = re.compile(r"^newton_schulz: (.*)$")
 
 
 def synthetic_tokens(n: int, seed: int) -> np.ndarray:
@@ -50,7 +51,9 @@ def rows_from_log(lines: list[str], steps: int, skip: int) -> list[tuple[str, st
     warmup = next((f"{float(m[1]):.1f} s" for m in map(WARMUP_LINE.match, lines) if m), "not logged")
     val = next(float(m[1]) for m in map(VAL_LINE.match, reversed(lines)) if m)
     memory = next((m for m in map(MEMORY_LINE.match, lines) if m), None)
+    newton_schulz = next((m[1] for m in map(NEWTON_SCHULZ_LINE.match, lines) if m), "not logged")
     return [
+        ("Newton-Schulz (what --ns_impl timed and chose)", newton_schulz),
         ("kernel warmup (compile, autotune; untimed)", warmup),
         (f"ms per step, steps {skip + 1}-{steps}", f"{(times[steps] - times[skip]) / (steps - skip):.1f}"),
         (f"step_avg at step {steps} (as logged)", f"{times[steps] / steps:.1f}"),
@@ -67,7 +70,9 @@ def main(argv=None) -> int:
         "--val_steps", type=int, default=1, help="validation steps (of seqs_per_step x val_seq_len tokens)"
     )
     parser.add_argument("--skip", type=int, help="first steps left out of ms per step (default 3; smoke 1)")
-    parser.add_argument("--out", type=Path, help="also write the table to this file (never overwritten)")
+    parser.add_argument(
+        "--out", type=Path, help="also write the table to this file and the run's log beside it (never overwritten)"
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -89,8 +94,8 @@ def main(argv=None) -> int:
         )
     if steps <= skip:
         sys.exit(f"error: --steps={steps} must be larger than --skip={skip}.")
-    if args.out and args.out.exists():
-        sys.exit(f"error: {args.out} exists; choose another --out (results are never overwritten).")
+    if args.out and (args.out.exists() or log_path(args.out).exists()):
+        sys.exit(f"error: {args.out} or its log exists; choose another --out (results are never overwritten).")
     preset = ["--preset=tiny", "--device=cpu"] if args.smoke else []
     try:
         run = tg.parse_args(preset + args.train_args)
@@ -123,7 +128,8 @@ def main(argv=None) -> int:
         if out.returncode != 0:
             sys.exit(f"error: train_gpt.py exited with {out.returncode}:\n{out.stderr[-4000:]}")
         (log,) = (tmp / "records" / "bench").glob("*.txt")
-        lines = log.read_text().splitlines()
+        log_text = log.read_text()
+        lines = log_text.splitlines()
 
     device = (
         f"{args.nproc} x {torch.cuda.get_device_name(0)}" if not args.smoke else "CPU (smoke: numbers mean nothing)"
@@ -144,7 +150,14 @@ def main(argv=None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "x") as f:
             f.write(table + "\n")
+        with open(log_path(args.out), "x") as f:  # the whole run: its code, environment and every step
+            f.write(log_text)
+        print(f"the run's log: {log_path(args.out)}")
     return 0
+
+
+def log_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".log.txt")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ It runs, in order, each with a time limit, and goes on after a failure:
    shards (benchmarks/bench_train.py: compile time, ms per step, peak memory allocated and reserved, finite loss).
    Coordinate-descent tuning is off unless --full, to bound the compile time.
 DIR/gpu_check.md holds the whole report (GPU name, versions, date, one row per part, then each part's output);
-each part's output is also beside it (gpu_tests.txt, newton_schulz.txt, train.txt).
+each part's output is also beside it (gpu_tests.txt, newton_schulz.txt, train.txt, and the training run's
+whole log, train.log.txt).
 The exit status is 0 only if every part passed.
 """
 
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
         ),
         (
             "record configuration, 1 GPU",
-            [py, "benchmarks/bench_train.py", f"--steps={steps}", f"--skip={skip}"]
+            [py, "benchmarks/bench_train.py", f"--steps={steps}", f"--skip={skip}", f"--out={args.out / 'train.md'}"]
             + (["--smoke"] if args.smoke else [])
             + ["--", *train_args],
             "train.txt",

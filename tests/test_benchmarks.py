@@ -1,5 +1,6 @@
 """The benchmark scripts run: the node check's smoke mode end to end (its GPU mode is the same code)."""
 
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,12 @@ def test_gpu_check_smoke_writes_one_report(tmp_path):
     assert "skipped" in report.split("| gpu-marked tests |")[1].splitlines()[0]  # no GPU: the gpu tests skip
     train = (out / "train.txt").read_text()
     assert "ms per step, steps 2-3" in train and "final val loss" in train
+    # what --ns_impl=auto timed and chose, and the run's whole log kept beside the table
+    assert re.search(
+        r"^\| Newton-Schulz \(what --ns_impl timed and chose\) +\| torch \(--ns_impl=auto\) \|$", train, re.M
+    )
+    log = (out / "train.log.txt").read_text()
+    assert log.startswith((REPO / "train_gpt.py").read_text()) and "newton_schulz: torch (--ns_impl=auto)" in log
     assert "workload" in (out / "newton_schulz.txt").read_text()
 
 
