@@ -1383,7 +1383,8 @@ def read_sources() -> dict[str, str]:
     for name, module in list(sys.modules.items()):
         if name.startswith("speedrun.") and getattr(module, "__file__", None):
             path = Path(module.__file__).resolve()
-            sources[path.relative_to(root).as_posix()] = path.read_text(encoding="utf-8")
+            name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+            sources[name] = path.read_text(encoding="utf-8")
     return sources
 
 
@@ -1992,14 +1993,14 @@ def after_training(args, rt: Runtime, log: RunLog, model: nn.Module, folder: Pat
     ranks learn whether it worked), and the rolling resume checkpoint is removed: a finished run has nothing to
     resume."""
     error = None
-    if rt.master and ckpts or hellaswag:
+    if rt.master:
         try:
-            if rt.master and args.save_checkpoint:
+            if args.save_checkpoint:
                 ckpts.save_final(folder / f"{log.summary['run_id']}.pt", args, model, log)
-            if rt.master and hellaswag:
+            if hellaswag:
                 hellaswag.log_result(log, hellaswag.score_run(model, examples, args, rt.device))
             resume_path = folder / f"{log.summary['run_id']}.resume.pt"
-            if rt.master and resume_path.exists():
+            if resume_path.exists():
                 resume_path.unlink()
                 log.write(f"removed {resume_path}: the run finished", console=True)
         except Exception as e:
