@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cpu_env
 from scipy import stats
 
 from records import batch, batch_evidence, evidence
@@ -328,3 +329,66 @@ def test_evidence_reports_the_sequential_batch(tmp_path, capsys):
     assert "val_loss t-test (descriptive" in out
     loaded = evidence.load([str(folder / "attempt")])
     assert len(loaded.runs) == 6
+
+
+# train_gpt.py's tiny preset made smaller still (as in tests/test_train.py), no compile, 4 steps per run with
+# a rolling checkpoint after step 2.
+TINY_RUN = [
+    "--preset=tiny",
+    "--num_iterations=4",
+    "--warmup_steps=0",
+    "--val_loss_every=0",
+    "--compile=false",
+    "--model_dim=64",
+    "--num_heads=1",
+    "--head_dim=64",
+    "--train_seq_len=256",
+    "--val_seq_len=256",
+    "--val_tokens=512",
+    "--max_window_tokens=256",
+    "--checkpoint_every=2",
+]
+
+
+def test_tiny_preset_killed_and_resumed(tmp_path, tiny_data):
+    """train_gpt.py end to end: looks every 2 runs, futility from the first look (the tiny model's loss is
+    far above 2.92, so look 1 stops the batch). The batch is stopped during run 1 after its checkpoint
+    (SIGTERM, passed on to the run, then SIGINT, which train_gpt.py obeys at once) and started again: run
+    1 resumes from its checkpoint with the same run id, and no run is lost or made twice."""
+    train, val = tiny_data
+    folder = tmp_path / "b"
+    args = [str(folder), "--first-look=2", "--look-every=2", "--max-runs=4", "--futility-from=1", "--"]
+    args += TINY_RUN + [f"--train_files={train}", f"--val_files={val}"]
+    env = cpu_env()
+    proc = subprocess.Popen(BATCH + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = folder / "attempt" / "A001"
+    deadline = time.time() + 120
+    while not any("checkpoint at step 2" in p.read_text() for p in first.glob("*.txt")):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    (summary,) = first.glob("*.json")
+    assert json.loads(summary.read_text())["status"] == "interrupted"
+    assert (first / f"{summary.stem}.resume.pt").is_file() and not (folder / "attempt" / "A002").exists()
+    again = subprocess.run(BATCH + [str(folder)], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "run A001 (resuming" in again.stdout and "stopped for futility at look 1 (2 runs)" in again.stdout
+    for index in (1, 2):
+        (run,) = (folder / "attempt" / f"A{index:03d}").glob("*.json")  # one run per index
+        assert json.loads(run.read_text())["status"] == "finished"
+    assert "RESUMED" in (first / f"{summary.stem}.txt").read_text()
+    assert not (folder / "attempt" / "A003").exists()
+    looks = [d for d in decisions(folder) if d["kind"] == "look"]
+    assert [(d["look"], d["n"], d["decision"]) for d in looks] == [(1, 2, "futility")]
+    report = subprocess.run(
+        [sys.executable, str(REPO / "records" / "evidence.py"), str(folder / "attempt")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 0 and "Processed 2 runs (0 skipped)" in report.stdout
+    assert "stopped for futility at look 1" in report.stdout
