@@ -404,11 +404,21 @@ def run_local(batch: Path, plan: dict) -> int:
 
 
 class RunJob:
-    """One run on one node as a submitit job. Preempted or timed out, submitit calls checkpoint() and
-    requeues the same job, which resumes the run from its rolling checkpoint."""
+    """One run on one node as a submitit job. Preempted or timed out, submitit calls checkpoint(): the run
+    gets SIGTERM (it checkpoints and stops) and the same job is requeued, which resumes the run from its
+    checkpoint."""
+
+    STOP_WAIT_S = 60  # how long a preempted run may take to write its checkpoint
 
     def __init__(self, batch: str, arm: str, index: int):
         self.batch, self.arm, self.index = batch, arm, index
+        self._child: subprocess.Popen | None = None
+
+    def __getstate__(self):
+        return {"batch": self.batch, "arm": self.arm, "index": self.index}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _child=None)
 
     def __call__(self) -> int:
         batch = Path(self.batch)
@@ -416,7 +426,8 @@ class RunJob:
         s = state(batch, self.arm, self.index)
         if s.status in ("finished",) + be.FAILED:
             return 0
-        code = subprocess.call(run_command(plan, batch, self.arm, self.index, s.resume))
+        self._child = subprocess.Popen(run_command(plan, batch, self.arm, self.index, s.resume))
+        code = self._child.wait()
         if code not in (EXIT_USER,) + EXIT_INTERRUPTED and state(batch, self.arm, self.index).status not in (
             ("finished",) + be.FAILED
         ):
@@ -426,6 +437,18 @@ class RunJob:
     def checkpoint(self):
         import submitit
 
+        if self._child is not None and self._child.returncode is None:
+            self._child.send_signal(signal.SIGTERM)
+            # Called from submitit's signal handler while __call__ waits on the run: Popen.wait would wait for
+            # that outer wait's lock, so the run is reaped here directly.
+            deadline = time.monotonic() + self.STOP_WAIT_S
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(self._child.pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.1)
         return submitit.helpers.DelayedSubmission(RunJob(self.batch, self.arm, self.index))
 
 

@@ -22,7 +22,7 @@ BATCH = [sys.executable, str(REPO / "records" / "batch.py")]
 # A stand-in for train_gpt.py with its command-line contract (--records_dir/--record, --checkpoint_every,
 # --resume, the summary's keys, the exit statuses) and no training: the final loss of run A007 is
 # losses["A007"] from --fake_losses=FILE ("diverge" makes it diverge); each run sleeps --fake_sleep seconds
-# (losses["sleep"]["A007"] for that run),
+# (losses["sleep"]["A007"] for that run; a resumed run does not sleep),
 # during which SIGTERM/SIGINT interrupts it like train_gpt.py (status, checkpoint, exit 143/130).
 STAND_IN = r"""
 import json, os, secrets, signal, sys, time
@@ -54,7 +54,8 @@ with open(txt, "a") as f:
 write()
 with open(folder.parent.parent / "starts.txt", "a") as f:
     f.write(f"{opts['record']} {'resume' if 'resume' in opts else 'start'}\n")
-time.sleep(losses.get("sleep", {}).get(opts["record"], float(opts.get("fake_sleep", "0"))))
+if "resume" not in opts:
+    time.sleep(losses.get("sleep", {}).get(opts["record"], float(opts.get("fake_sleep", "0"))))
 loss = losses[opts["record"]]
 if loss == "diverge":
     summary["status"] = "diverged"
@@ -392,3 +393,24 @@ def test_tiny_preset_killed_and_resumed(tmp_path, tiny_data):
     )
     assert report.returncode == 0 and "Processed 2 runs (0 skipped)" in report.stdout
     assert "stopped for futility at look 1" in report.stdout
+
+
+def test_preempted_job_is_requeued_and_resumes(tmp_path):
+    """A job signalled before its time limit (submitit's local executor sends the same signal as SLURM,
+    signal_delay_s before the limit) is checkpointed and requeued: the run gets SIGTERM, writes its
+    checkpoint, and the requeued job resumes it with the same run id."""
+    import submitit
+
+    script, table = stand_in(tmp_path, {"A001": 2.9191, "sleep": {"A001": 30.0}})
+    folder = tmp_path / "b"
+    plan = batch.build_plan(_args(folder, script), [f"--fake_losses={table}", "--checkpoint_every=5"])
+    folder.mkdir()
+    (folder / "plan.json").write_text(json.dumps(plan))
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(timeout_min=1, signal_delay_s=56)  # the signal comes after 4 s
+    job = executor.submit(batch.RunJob(str(folder), "A", 1))
+    job.wait()
+    assert (folder / "starts.txt").read_text() == "A001 start\nA001 resume\n"
+    (summary,) = (folder / "attempt" / "A001").glob("*.json")
+    assert json.loads(summary.read_text())["status"] == "finished"
+    assert "INTERRUPTED" in (folder / "attempt" / "A001" / f"{summary.stem}.txt").read_text()
