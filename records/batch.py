@@ -33,7 +33,6 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `records` and `speedrun` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from records import batch_evidence as be  # noqa: E402
-from records import sequential  # noqa: E402
 from records.batch_evidence import BatchError  # noqa: E402
 from speedrun.files import write_atomically  # noqa: E402
 
@@ -82,6 +81,8 @@ def build_plan(args, options: list[str]) -> dict:
         raise BatchError(
             f"--alpha {args.alpha} / --futility {args.futility}: expected 0 < alpha < 0.5, 0 <= futility < 1."
         )
+    from records import sequential  # here, not at the top: see records/batch_evidence.py
+
     design = sequential.Design(tuple(looks), args.alpha, args.target, args.futility, args.futility_from)
     baseline = _script(args.baseline, "--baseline") if args.baseline else None
     return {
@@ -193,6 +194,8 @@ def settle_plan(batch: Path, args, options: list[str], write: bool) -> dict:
 
 
 def plan_text(plan: dict, scenarios: list[tuple[str, float, float]], minutes: float | None, seed: int) -> str:
+    from records import sequential
+
     design = be.design_of(plan)
     lines = [json.dumps({k: v for k, v in plan.items()}, indent=2), ""]
     lines.append("look  runs  t boundary  nominal p   alpha spent")

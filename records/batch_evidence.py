@@ -13,13 +13,16 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
 
 if __package__ in (None, ""):  # run as a script: make `records` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from records import sequential  # noqa: E402
+# records.sequential and scipy are imported where they are used: a job process (one per run, through
+# submitit) reads run states only, and scipy's import costs it a second or more.
+if TYPE_CHECKING:
+    from records import sequential
 
 PLAN_FORMAT = "speedrun-batch-plan/1"
 PLAN_FILE, DECISIONS_FILE = "plan.json", "decisions.jsonl"
@@ -97,6 +100,8 @@ def read_plan(batch: Path) -> dict | None:
 
 
 def design_of(plan: dict) -> sequential.Design:
+    from records import sequential
+
     f = plan["futility"]
     return sequential.Design(
         tuple(plan["looks"]), plan["alpha"], plan["target"], f["conditional_power_below"], f["from_look"]
@@ -144,6 +149,8 @@ def welch_faster(batch: Path, plan: dict) -> dict | None:
     a, b = arms["A"], arms["B"]
     if len(a) < 2 or len(b) < 2:
         return {"n_attempt": len(a), "n_baseline": len(b), "p": None, "note": "needs 2 finished runs of each"}
+    from scipy import stats
+
     res = stats.ttest_ind(a, b, equal_var=False, alternative="less")
     return {
         "n_attempt": len(a),
@@ -172,6 +179,8 @@ def evaluate_look(batch: Path, plan: dict, look: int) -> dict | None:
         return entry
     if any(s.status != "finished" for s in states):
         return None
+    from records import sequential
+
     d = sequential.decide(design, look, np.array([s.final_val_loss for s in states]))
     entry.update(
         mean=d.mean,

@@ -332,11 +332,11 @@ def test_evidence_reports_the_sequential_batch(tmp_path, capsys):
     assert len(loaded.runs) == 6
 
 
-# train_gpt.py's tiny preset made smaller still (as in tests/test_train.py), no compile, 4 steps per run with
+# train_gpt.py's tiny preset made smaller still (as in tests/test_train.py), no compile, 3 steps per run with
 # a rolling checkpoint after step 2.
 TINY_RUN = [
     "--preset=tiny",
-    "--num_iterations=4",
+    "--num_iterations=3",
     "--warmup_steps=0",
     "--val_loss_every=0",
     "--compile=false",
