@@ -43,6 +43,7 @@ DEFAULTS = dict(
 # train_gpt.py's exit statuses (its CLI contract)
 EXIT_FINISHED, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, (130, 143)
 RESERVED = ("--records_dir", "--record", "--resume")  # the batch sets these per run
+JOBS_FILE = "jobs.jsonl"  # the jobs submitted (run, job id, kind), so that a restart does not submit them again
 CRASH_FILE = "crashed.json"  # written beside a run that ended with an unexpected exit status
 PLAN_SIMULATIONS = 20_000  # batches simulated for --plan-only's expectations
 POLL_S = 2.0
@@ -283,11 +284,16 @@ def after_run(batch: Path, arm: str, index: int, code: int) -> str:
     return "failed"
 
 
-def append_decision(batch: Path, entry: dict) -> None:
-    with open(batch / be.DECISIONS_FILE, "a") as f:
+def append_line(path: Path, entry: dict) -> None:
+    """Append one JSON line and sync it (decisions.jsonl, jobs.jsonl): a restart reads what was decided."""
+    with open(path, "a") as f:
         f.write(json.dumps(entry) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def append_decision(batch: Path, entry: dict) -> None:
+    append_line(batch / be.DECISIONS_FILE, entry)
 
 
 def advance_looks(batch: Path, plan: dict) -> dict | None:
@@ -455,13 +461,59 @@ class RunJob:
         return submitit.helpers.DelayedSubmission(RunJob(self.batch, self.arm, self.index))
 
 
+class EarlierJob:
+    """A job that an earlier invocation of the batch submitted (jobs.jsonl) and that may still run: a SLURM job
+    by its id, a local one by its controller's process id."""
+
+    def __init__(self, record: dict, batch: Path):
+        self.job_id, self.kind, self.batch = str(record["job_id"]), record["kind"], batch
+        self.state = "UNKNOWN"
+
+    def done(self) -> bool:
+        if self.kind == "slurm":
+            import submitit
+
+            return submitit.SlurmJob(folder=self.batch / "jobs" / "%j", job_id=self.job_id).done()
+        try:
+            os.kill(int(self.job_id), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return True  # not a process of ours
+        return False
+
+    def result(self) -> None:
+        return None
+
+    def wait(self) -> None:
+        while not self.done():
+            time.sleep(POLL_S)
+
+
+def earlier_jobs(batch: Path) -> dict:
+    """The last job submitted for each run by an earlier invocation, for runs that have not ended."""
+    path = batch / JOBS_FILE
+    found = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            record = json.loads(line)
+            found[(record["run"][0], int(record["run"][1:]))] = record
+    return {
+        key: EarlierJob(record, batch)
+        for key, record in found.items()
+        if state(batch, *key).status in ("missing", "resumable")
+    }
+
+
 def run_jobs(batch: Path, plan: dict, executor, at_once: int, poll_s: float = POLL_S) -> int:
     """Runs as jobs, at most `at_once` at a time, in index order (A1, B1, A2, ...). A look uses the attempt
-    runs by index, whenever they end; jobs running when the batch decides finish and are reported."""
+    runs by index, whenever they end; jobs running when the batch decides finish and are reported. Jobs
+    an earlier invocation submitted (jobs.jsonl) are waited for, not submitted again."""
     order = [
         (arm, i) for i in range(1, plan["max_runs"] + 1) for arm in (("A", "B") if plan.get("baseline") else ("A",))
     ]
-    jobs: dict = {}
+    kind = "local" if "Local" in type(executor).__name__ else "slurm"
+    jobs: dict = earlier_jobs(batch)
     while True:
         deciding = advance_looks(batch, plan)
         active = [key for key, job in jobs.items() if not job.done()]
@@ -483,7 +535,9 @@ def run_jobs(batch: Path, plan: dict, executor, at_once: int, poll_s: float = PO
                 continue
             jobs[key] = executor.submit(RunJob(str(batch), *key))
             active.append(key)
-            print(f"submitted {key[0]}{key[1]:03d} as job {jobs[key].job_id}", flush=True)
+            name = f"{key[0]}{key[1]:03d}"
+            append_line(batch / JOBS_FILE, {"run": name, "job_id": str(jobs[key].job_id), "kind": kind})
+            print(f"submitted {name} as job {jobs[key].job_id}", flush=True)
         if not active and not pending:
             deciding = advance_looks(batch, plan)
             return finish(batch, plan, deciding)
@@ -580,6 +634,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.slurm or args.local_workers:
                 at_once = args.local_workers or args.nodes_at_once
                 return run_jobs(batch, plan, make_executor(batch, args), at_once, 0.2 if args.local_workers else POLL_S)
+            running = [
+                f"{a}{i:03d} (job {job.job_id})" for (a, i), job in earlier_jobs(batch).items() if not job.done()
+            ]
+            if running:
+                raise BatchError(
+                    f"jobs that an earlier --slurm (or --local-workers) invocation submitted for this batch are still "
+                    f"running: {', '.join(running)}. Continue it the same way (give --slurm and its options again), "
+                    "or wait for them to end; running those runs here as well would make them twice."
+                )
             return run_local(batch, plan)
     except BatchError as e:
         print(f"error: {e}", file=sys.stderr)

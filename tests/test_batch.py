@@ -244,13 +244,26 @@ def test_ctrl_c_once_stops_after_the_current_run(tmp_path):
 
 
 def test_local_executor_two_workers(tmp_path, capsys):
-    """submitit's local executor runs the jobs as processes, 2 at a time. A004 is slow: A005 (and A006)
-    start before look 2 can be made; they finish and are reported, and the decision stays futility."""
-    losses = {**losses_for(FUTILE[:6]), "sleep": {"A004": 2.5}}
+    """submitit's local executor runs the jobs as processes, 2 at a time. The coordinator is killed (SIGKILL)
+    while A004, a slow run, is running, and started again: it waits for that job instead of submitting it
+    again. A005 (and A006) start before look 2 can be made; they finish and are reported, and the decision
+    stays futility."""
+    losses = {**losses_for(FUTILE[:6]), "sleep": {"A004": 4.0}}
     script, table = stand_in(tmp_path, losses)
     folder = tmp_path / "b"
     args = [str(folder), f"--script={script}", "--first-look=2", "--look-every=2", "--max-runs=6", "--local-workers=2"]
-    r = run_batch(args + ["--", f"--fake_losses={table}", "--checkpoint_every=5"], capsys)
+    args += ["--", f"--fake_losses={table}", "--checkpoint_every=5"]
+    coordinator = subprocess.Popen(BATCH + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    starts = folder / "starts.txt"
+    deadline = time.time() + 60
+    while not (starts.exists() and "A004 start" in starts.read_text()):
+        assert time.time() < deadline and coordinator.poll() is None
+        time.sleep(0.05)
+    coordinator.kill()
+    coordinator.wait()
+    refused = run_batch([str(folder)], capsys)  # on this node, while A004's job runs: refused
+    assert refused.returncode == 2 and "A004 (job" in refused.stderr
+    r = run_batch([str(folder), "--local-workers=2"], capsys)
     assert r.returncode == 1, r.stderr + r.stdout
     plan = json.loads((folder / "plan.json").read_text())
     expected = [d for d, _ in hand_decisions(FUTILE[:6], plan)]
@@ -258,6 +271,7 @@ def test_local_executor_two_workers(tmp_path, capsys):
     assert [d["decision"] for d in decisions(folder) if d["kind"] == "look"] == expected
     lines = (folder / "starts.txt").read_text().split("\n")[:-1]
     assert sorted(set(lines)) == sorted(lines) and {f"A{i:03d} start" for i in range(1, 6)} <= set(lines)
+    assert "submitted A004" not in r.stdout  # waited for, not submitted again
     result = decisions(folder)[-1]
     assert result["kind"] == "result" and result["decision"] == "futility" and result["look"] == 2
     assert any(x.startswith("A005: finished") for x in result["runs_after_decision"])
