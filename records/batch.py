@@ -47,6 +47,7 @@ JOBS_FILE = "jobs.jsonl"  # the jobs submitted (run, job id, kind), so that a re
 CRASH_FILE = "crashed.json"  # written beside a run that ended with an unexpected exit status
 PLAN_SIMULATIONS = 20_000  # batches simulated for --plan-only's expectations
 POLL_S = 2.0
+SLURM_OPTIONS = ("partition", "account", "time_min", "nodes_at_once")
 
 
 def sha256(path: Path) -> str:
@@ -198,7 +199,7 @@ def plan_text(plan: dict, scenarios: list[tuple[str, float, float]], minutes: fl
     from records import sequential
 
     design = be.design_of(plan)
-    lines = [json.dumps({k: v for k, v in plan.items()}, indent=2), ""]
+    lines = [json.dumps(plan, indent=2), ""]
     lines.append("look  runs  t boundary  nominal p   alpha spent")
     for k, n in enumerate(design.looks):
         lines.append(
@@ -244,7 +245,8 @@ def run_command(plan: dict, batch: Path, arm: str, index: int, resume: Path | No
     script = plan["script"]["path"] if arm == "A" else plan["baseline"]["path"]
     folder = be.run_dir(batch, arm, index)
     if plan["nproc_per_node"] > 1:
-        launcher = ["torchrun", "--standalone", f"--nproc_per_node={plan['nproc_per_node']}", script]
+        nproc = f"--nproc_per_node={plan['nproc_per_node']}"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, script]  # torchrun
     else:
         launcher = [sys.executable, script]
     extra = [f"--records_dir={folder.parent}", f"--record={folder.name}"]
@@ -604,7 +606,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--partition", help="--slurm: partition")
     p.add_argument("--account", help="--slurm: account")
     p.add_argument("--time-min", type=int, help="--slurm: time limit of a job in minutes")
-    p.add_argument("--nodes-at-once", type=int, default=1, help="--slurm: jobs running at the same time")
+    p.add_argument("--nodes-at-once", type=int, help="--slurm: jobs running at the same time (default 1)")
     p.add_argument("--local-workers", type=int, help="the --slurm scheduling with submitit's local executor")
     return p.parse_args(argv), options
 
@@ -613,6 +615,12 @@ def main(argv: list[str] | None = None) -> int:
     args, options = parse_args(sys.argv[1:] if argv is None else argv)
     batch = args.folder
     try:
+        given = [f"--{o.replace('_', '-')}" for o in SLURM_OPTIONS if getattr(args, o) is not None]
+        if given and not args.slurm:
+            raise BatchError(
+                f"{', '.join(given)} set up SLURM jobs and need --slurm (this command runs on this node). Add "
+                "--slurm, or leave them out. Nothing was written."
+            )
         if args.slurm and shutil.which("sbatch") is None:
             raise BatchError(
                 "--slurm: SLURM is not available here (no `sbatch` on PATH). Run from a SLURM login node, or leave "
@@ -620,8 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.slurm and args.time_min is None:
             raise BatchError("--slurm needs --time-min (the time limit of one job, in minutes). Nothing was written.")
-        if options:
-            _check_options(options)
+        if options or (be.read_plan(batch) is None and not args.plan_only):
+            _check_options(options)  # before plan.json is written
         plan = settle_plan(batch, args, options, write=not args.plan_only)
         if args.plan_only:
             return plan_only(plan, args)
@@ -632,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             except BlockingIOError:
                 raise BatchError(f"another records/batch.py is running this batch ({batch}); let it finish.") from None
             if args.slurm or args.local_workers:
-                at_once = args.local_workers or args.nodes_at_once
+                at_once = args.local_workers or args.nodes_at_once or 1
                 return run_jobs(batch, plan, make_executor(batch, args), at_once, 0.2 if args.local_workers else POLL_S)
             running = [
                 f"{a}{i:03d} (job {job.job_id})" for (a, i), job in earlier_jobs(batch).items() if not job.done()

@@ -310,10 +310,14 @@ def test_missing_checkpoint_interval_and_slurm_unavailable(tmp_path, capsys, mon
     folder = tmp_path / "b"
     r = run_batch([str(folder), f"--script={script}", *PLAN, "--", f"--fake_losses={table}"], capsys)
     assert r.returncode == 2 and "checkpoint interval" in r.stderr and not folder.exists()
+    r = run_batch([str(folder), f"--script={script}", *PLAN], capsys)  # no training options at all
+    assert r.returncode == 2 and "checkpoint interval" in r.stderr and not folder.exists()
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
     r = run_batch([str(folder), "--slurm", "--time-min=10", "--", "--checkpoint_every=5"], capsys)
     assert r.returncode == 2 and "SLURM is not available" in r.stderr and not folder.exists()
     assert len(r.stderr.strip().split("\n")) == 1
+    r = run_batch([str(folder), "--partition=gpu", "--", "--checkpoint_every=5"], capsys)
+    assert r.returncode == 2 and "--partition set up SLURM jobs and need --slurm" in r.stderr and not folder.exists()
 
 
 def test_plan_only_prints_expectations_and_writes_nothing(tmp_path, capsys):
