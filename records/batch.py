@@ -41,12 +41,14 @@ DEFAULTS = dict(
     target=2.92, alpha=0.01, first_look=10, look_every=5, max_runs=50, futility=0.05, futility_from=2, nproc=1
 )
 # train_gpt.py's exit statuses (its CLI contract)
-EXIT_FINISHED, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, (130, 143)
+# (0 finished and 3 diverged are read from the run's summary instead)
+EXIT_USER, EXIT_INTERRUPTED = 2, (130, 143)
 RESERVED = ("--records_dir", "--record", "--resume")  # the batch sets these per run
 JOBS_FILE = "jobs.jsonl"  # the jobs submitted (run, job id, kind), so that a restart does not submit them again
 CRASH_FILE = "crashed.json"  # written beside a run that ended with an unexpected exit status
 PLAN_SIMULATIONS = 20_000  # batches simulated for --plan-only's expectations
 POLL_S = 2.0
+DEFAULT_STD = 0.0008  # --plan-only: the medium track's run-to-run std of the final val loss (record 14: 0.000798)
 SLURM_OPTIONS = ("partition", "account", "time_min", "nodes_at_once")
 
 
@@ -659,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def plan_only(plan: dict, args) -> int:
     minutes = args.minutes_per_run
-    std = args.std or 0.0008
+    std = args.std or DEFAULT_STD
     scenarios = []
     if args.pilot:
         mean, std, pilot_minutes = pilot_figures(args.pilot)
