@@ -121,13 +121,15 @@ def read_decisions(batch: Path) -> list[dict]:
     return lines
 
 
-def timing(batch: Path, plan: dict, upto: int | None = None) -> dict:
-    """Description of the train times (minutes) of the finished runs of each arm, indices <= upto."""
+def timing(batch: Path, plan: dict, upto: int) -> dict:
+    """Description of the train times (minutes) of the finished runs of each arm at the look after attempt
+    run `upto`: attempt runs 1..upto and baseline runs 1..upto - 1 (in the order A1 B1 A2 B2 ... the look
+    comes before B<upto>), so that the figures do not depend on when they are computed."""
     out = {}
     for arm in ("A", "B") if plan.get("baseline") else ("A",):
         minutes = [
             s.train_time_ms / 60_000
-            for i in range(1, (upto or plan["max_runs"]) + 1)
+            for i in range(1, upto + (arm == "A"))
             if (s := run_state(batch, arm, i)).status == "finished" and s.train_time_ms is not None
         ]
         out[ARMS[arm]] = {
