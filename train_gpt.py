@@ -1454,16 +1454,18 @@ class RunLog:
 
     def set_header(self, code: str, environment: dict, hyperparameters: dict) -> None:
         self.summary.update(
-            environment=environment, hyperparameters=hyperparameters, num_iterations=hyperparameters["num_iterations"]
+            environment=environment,
+            hyperparameters=hyperparameters,
+            num_iterations=hyperparameters.get("num_iterations"),
         )
         # The speedrun's layout first (source, versions, nvidia-smi between two rules), then the rest.
         self.write(code)
         self.write(LOG_RULE)
-        self.write(f"Running Python {environment['python']}")
-        if environment["cuda"]:
-            self.write(f"Running PyTorch {environment['torch']} compiled for CUDA {environment['cuda']}")
+        self.write(f"Running Python {environment.get('python')}")
+        if environment.get("cuda"):
+            self.write(f"Running PyTorch {environment.get('torch')} compiled for CUDA {environment['cuda']}")
         else:
-            self.write(f"Running PyTorch {environment['torch']}, a CPU build (no CUDA)")
+            self.write(f"Running PyTorch {environment.get('torch')}, a CPU build (no CUDA)")
         if environment.get("nvidia-smi"):
             self.write(environment["nvidia-smi"])
         self.write(LOG_RULE)

@@ -14,7 +14,7 @@ import pytest
 from conftest import cpu_env
 from scipy import stats
 
-from records import batch, batch_evidence, evidence
+from records import batch, batch_evidence, evidence, logs
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = [sys.executable, str(REPO / "records" / "batch.py")]
@@ -346,7 +346,7 @@ def test_evidence_reports_the_sequential_batch(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "passed at look 2 (6 runs)" in out
     assert "val_loss t-test (descriptive" in out
-    loaded = evidence.load([str(folder / "attempt")])
+    loaded = logs.load([str(folder / "attempt")])
     assert len(loaded.runs) == 6
 
 
