@@ -109,20 +109,22 @@ def run_files(tmp_path, record=TINY.record):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One small run of 16 steps, validating every 8, shared by the tests that read its files."""
+    """One small run of 16 steps, validating every 8, shared by the tests that read its files; run by a copy of
+    train_gpt.py alone in an empty folder (no speedrun/ beside it), as a speedrunner's copy runs."""
     tmp_path = tmp_path_factory.mktemp("tiny_run")
     train, val = "train_*.bin", "val_*.bin"
     write_test_shard(tmp_path / "val_000000.bin", synthetic_tokens(20_000, seed=1))
     for i in range(1, TINY_TRAIN_SHARDS + 1):
         write_test_shard(tmp_path / f"train_{i:06d}.bin", synthetic_tokens(TINY_TRAIN_SHARD_TOKENS, seed=10 + i))
-    out = run_train(
-        tmp_path,
-        (tmp_path / train, tmp_path / val),
-        *SMALL,
-        "--num_iterations=16",
-        "--val_loss_every=8",
-        "--record=e2e",
-    )
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "train_gpt.py").write_bytes((REPO / "train_gpt.py").read_bytes())
+    command = train_command(tmp_path, (tmp_path / train, tmp_path / val), *SMALL, "--num_iterations=16")
+    command[1] = "train_gpt.py"
+    out = subprocess.run(
+        [*command, "--val_loss_every=8", "--record=e2e"], cwd=alone, env=cpu_env(), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp_path, out
 
@@ -132,7 +134,7 @@ def test_tiny_run_end_to_end(tiny_run):
     txt, summary = run_files(tmp_path, "e2e")
     text = txt.read_text()
     source, _, rest = text.partition("\n" + tg.LOG_RULE + "\n")
-    assert source == (REPO / "train_gpt.py").read_text()  # the log starts with the script itself
+    assert source == (REPO / "train_gpt.py").read_text()  # the log's code is the script itself, alone
     header = rest.splitlines()
     assert header[0].startswith("Running Python 3.") and header[1].startswith("Running PyTorch 2.")
     assert header[2] == tg.LOG_RULE  # no nvidia-smi on CPU
@@ -571,27 +573,16 @@ def test_every_matrix_optimizer_trains_and_is_logged(tmp_path, tiny_data, name):
         assert text.rstrip("\n") == (REPO / path).read_text().rstrip("\n"), path
 
 
-def test_train_gpt_alone_runs_the_tiny_preset_and_logs_itself_alone(tmp_path, tiny_data):
-    """train_gpt.py copied alone into an empty folder runs; its log's code part is the script, nothing else;
-    an option whose module is not beside it is a one-paragraph error before any file."""
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    (alone / "train_gpt.py").write_bytes((REPO / "train_gpt.py").read_bytes())
-    train, val = tiny_data
-    common = [sys.executable, "train_gpt.py", "--preset=tiny", f"--train_files={train}", f"--val_files={val}"]
-    common += [*SMALL, "--num_iterations=3", "--val_loss_every=0", "--warmup_steps=1"]
-    out = subprocess.run(common, cwd=alone, env=cpu_env(), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (txt,) = (alone / "records" / TINY.record).glob("*.txt")
-    assert json.loads(txt.with_suffix(".json").read_text())["status"] == "finished"
-    assert txt.read_text().split(tg.LOG_RULE)[0] == (REPO / "train_gpt.py").read_text() + "\n"
-    out = subprocess.run(
-        [*common, "--matrix_optimizer=shampoo", "--record=other"], cwd=alone, env=cpu_env(), capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+def test_an_option_whose_module_is_missing_is_an_error(tmp_path, tiny_data):
+    """train_gpt.py alone (tiny_run shows that it runs): an option whose module of speedrun/ is not beside it
+    is a one-paragraph error before any file."""
+    (tmp_path / "train_gpt.py").write_bytes((REPO / "train_gpt.py").read_bytes())
+    command = train_command(tmp_path, tiny_data, *SMALL, "--matrix_optimizer=shampoo")
+    command[1] = "train_gpt.py"
+    out = subprocess.run(command, cwd=tmp_path, env=cpu_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "needs speedrun/matrix_optimizers.py beside train_gpt.py" in out.stderr
-    assert not (alone / "records" / "other").exists()
+    assert "--matrix_optimizer and --matrix_* needs speedrun/matrix_optimizers.py beside train_gpt.py" in out.stderr
+    assert not (tmp_path / "records").exists()
 
 
 @pytest.mark.gpu
