@@ -109,7 +109,7 @@ def run_files(tmp_path, record=TINY.record):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One small run of 16 steps, validating every 8, shared by the tests that read its files; run by a copy of
+    """One small run of 8 steps, validating every 4, shared by the tests that read its files; run by a copy of
     train_gpt.py alone in an empty folder (no speedrun/ beside it), as a speedrunner's copy runs."""
     tmp_path = tmp_path_factory.mktemp("tiny_run")
     train, val = "train_*.bin", "val_*.bin"
@@ -119,10 +119,10 @@ def tiny_run(tmp_path_factory):
     alone = tmp_path / "alone"
     alone.mkdir()
     (alone / "train_gpt.py").write_bytes((REPO / "train_gpt.py").read_bytes())
-    command = train_command(tmp_path, (tmp_path / train, tmp_path / val), *SMALL, "--num_iterations=16")
+    command = train_command(tmp_path, (tmp_path / train, tmp_path / val), *SMALL, "--num_iterations=8")
     command[1] = "train_gpt.py"
     out = subprocess.run(
-        [*command, "--val_loss_every=8", "--record=e2e"], cwd=alone, env=cpu_env(), capture_output=True, text=True,
+        [*command, "--val_loss_every=4", "--record=e2e"], cwd=alone, env=cpu_env(), capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -139,15 +139,15 @@ def test_tiny_run_end_to_end(tiny_run):
     assert header[0].startswith("Running Python 3.") and header[1].startswith("Running PyTorch 2.")
     assert header[2] == tg.LOG_RULE  # no nvidia-smi on CPU
     assert "world_size: 1" in rest and "newton_schulz: torch" in rest and "PYTORCH_ALLOC_CONF" in rest
-    assert "  num_iterations = 16" in rest and f"  seed = {summary['hyperparameters']['seed']}" in rest
+    assert "  num_iterations = 8" in rest and f"  seed = {summary['hyperparameters']['seed']}" in rest
     with torch.device("meta"):
         tiny_model = tg.build_model(tg.parse_args(["--preset=tiny", *SMALL]), attention="dense")
     assert f"parameters: {sum(p.numel() for p in tiny_model.parameters()):,}" in rest
     lines = rest.splitlines()
     vals = [VAL_LINE.match(line) for line in lines if VAL_LINE.match(line)]
     trains = [TRAIN_LINE.match(line) for line in lines if TRAIN_LINE.match(line)]
-    assert [int(m[1]) for m in vals] == [0, 8, 16] and all(int(m[2]) == 16 for m in vals)
-    assert [int(m[1]) for m in trains] == list(range(1, 17))
+    assert [int(m[1]) for m in vals] == [0, 4, 8] and all(int(m[2]) == 8 for m in vals)
+    assert [int(m[1]) for m in trains] == list(range(1, 9))
     losses = [float(m[3]) for m in vals]
     # the head starts at zero: uniform over the padded vocabulary
     padded_vocab = math.ceil(TINY.vocab_size / tg.VOCAB_MULTIPLE) * tg.VOCAB_MULTIPLE
@@ -155,7 +155,7 @@ def test_tiny_run_end_to_end(tiny_run):
     assert losses[0] > losses[1] > losses[2] and losses[2] < losses[0] - 0.5
     assert summary["status"] == "finished" and summary["final_val_loss"] == pytest.approx(losses[2], abs=1e-6)
     assert summary["train_time_ms"] == pytest.approx(int(vals[2][4]), abs=1)
-    assert [v["step"] for v in summary["val_losses"]] == [0, 8, 16] and summary["steps_done"] == 16
+    assert [v["step"] for v in summary["val_losses"]] == [0, 4, 8] and summary["steps_done"] == 8
     assert summary["peak_memory_allocated_mib"] is None  # CPU: no CUDA allocator figures
     assert "logging to" in out.stdout and lines[-1] == vals[2][0]
     # on CPU the model runs eagerly and Muon's update is compiled
@@ -168,13 +168,14 @@ def test_bench_train_reads_the_log(tiny_run):
     import bench_train
 
     txt, summary = run_files(tiny_run[0], "e2e")
-    rows = dict(bench_train.rows_from_log(txt.read_text().splitlines(), steps=16, skip=3))
+    rows = dict(bench_train.rows_from_log(txt.read_text().splitlines(), steps=8, skip=3))
     times = [int(m[3]) for m in map(TRAIN_LINE.match, txt.read_text().splitlines()) if m]
-    assert rows["ms per step, steps 4-16"] == f"{(times[15] - times[2]) / 13:.1f}"
-    assert rows["step_avg at step 16 (as logged)"] == f"{times[15] / 16:.1f}"
+    assert rows["ms per step, steps 4-8"] == f"{(times[7] - times[2]) / 5:.1f}"
+    assert rows["step_avg at step 8 (as logged)"] == f"{times[7] / 8:.1f}"
     assert rows["final val loss (random tokens: only finiteness matters)"] == f"{summary['final_val_loss']:.4f}"
     assert rows["peak memory allocated / reserved (MiB)"] == "not logged"  # CPU
     assert rows["kernel warmup (compile, autotune; untimed)"].endswith(" s")
+    assert rows["Newton-Schulz (what --ns_impl timed and chose)"] == "torch (--ns_impl=auto)"
 
 
 def test_bad_shard_fails_before_training(tmp_path, tiny_data):
@@ -276,6 +277,7 @@ def resume_runs(tmp_path_factory):
         "--snoo_k=2",
         "--seed=3",
         "--save_checkpoint=true",
+        "--compile=false",  # what is saved and restored is the same eager or compiled; compiling costs seconds a run
     ]
     extras = ["--log_weight_drift=true", "--hellaswag=true", f"--hellaswag_file={hellaswag}"]
     runs = dict(root=root, data=data)
@@ -479,7 +481,15 @@ def test_checkpoints_are_written_atomically_and_loaded_weights_only(tmp_path, mo
 
 def test_ctrl_c_ends_the_run_with_a_true_record(tmp_path, tiny_data):
     proc = subprocess.Popen(
-        train_command(tmp_path, tiny_data, *SMALL, "--num_iterations=60", "--val_loss_every=0", "--warmup_steps=0"),
+        train_command(
+            tmp_path,
+            tiny_data,
+            *SMALL,
+            "--num_iterations=60",
+            "--val_loss_every=0",
+            "--warmup_steps=0",
+            "--compile=false",
+        ),
         cwd=tmp_path,
         env=cpu_env(),
         stdout=subprocess.PIPE,
