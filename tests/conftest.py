@@ -14,6 +14,18 @@ sys.path.insert(0, str(REPO))
 TINY_TRAIN_SHARDS = 3
 TINY_TRAIN_SHARD_TOKENS = 12_000
 
+# The tiny preset made smaller still, for the runs that test the training loop rather than learning
+# (about 1 s per step on 2 CPU cores): one 64-wide head, 256-token sequences, two blocks of window.
+SMALL = [
+    "--model_dim=64",
+    "--num_heads=1",
+    "--head_dim=64",
+    "--train_seq_len=256",
+    "--val_seq_len=256",
+    "--val_tokens=512",
+    "--max_window_tokens=256",
+]
+
 
 def pytest_collection_modifyitems(config, items):
     import torch

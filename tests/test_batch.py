@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cpu_env
+from conftest import SMALL, cpu_env
 from scipy import stats
 
 from records import batch, batch_evidence, evidence, logs
@@ -350,7 +350,7 @@ def test_evidence_reports_the_sequential_batch(tmp_path, capsys):
     assert len(loaded.runs) == 6
 
 
-# train_gpt.py's tiny preset made smaller still (as in tests/test_train.py), no compile, 3 steps per run with
+# train_gpt.py's tiny preset made smaller still (conftest.SMALL), no compile, 3 steps per run with
 # a rolling checkpoint after step 2.
 TINY_RUN = [
     "--preset=tiny",
@@ -358,13 +358,7 @@ TINY_RUN = [
     "--warmup_steps=0",
     "--val_loss_every=0",
     "--compile=false",
-    "--model_dim=64",
-    "--num_heads=1",
-    "--head_dim=64",
-    "--train_seq_len=256",
-    "--val_seq_len=256",
-    "--val_tokens=512",
-    "--max_window_tokens=256",
+    *SMALL,
     "--checkpoint_every=2",
 ]
 

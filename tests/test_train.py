@@ -12,7 +12,15 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, TINY_TRAIN_SHARD_TOKENS, TINY_TRAIN_SHARDS, cpu_env, synthetic_tokens, write_test_shard
+from conftest import (
+    REPO,
+    SMALL,
+    TINY_TRAIN_SHARD_TOKENS,
+    TINY_TRAIN_SHARDS,
+    cpu_env,
+    synthetic_tokens,
+    write_test_shard,
+)
 
 import train_gpt as tg
 from speedrun import checkpoints as ck
@@ -26,18 +34,6 @@ STEPS_PER_TINY_SHARD = sum(
     for pos in range(0, TINY_TRAIN_SHARD_TOKENS, TINY_STEP_TOKENS)
     if pos + TINY_STEP_TOKENS + 1 < TINY_TRAIN_SHARD_TOKENS
 )
-
-# The tiny preset made smaller still, for the runs that test the training loop rather than learning
-# (about 1 s per step on 2 CPU cores): one 64-wide head, 256-token sequences, two blocks of window.
-SMALL = [
-    "--model_dim=64",
-    "--num_heads=1",
-    "--head_dim=64",
-    "--train_seq_len=256",
-    "--val_seq_len=256",
-    "--val_tokens=512",
-    "--max_window_tokens=256",
-]
 
 VAL_LINE = re.compile(r"^step:(\d+)/(\d+) val_loss:(\d+\.\d{6}) train_time:(\d+)ms step_avg:(\d+\.\d{2})ms$")
 TRAIN_LINE = re.compile(r"^step:(\d+)/(\d+) train_time:(\d+)ms step_avg:(\d+\.\d{2})ms$")
