@@ -268,11 +268,8 @@ def info(args) -> dict:
     for name in OVERRIDES:
         if getattr(args, f"matrix_{name}") is not None:
             settings[name] = getattr(args, f"matrix_{name}")
-    if args.matrix_optimizer == "adam":
-        from speedrun.adam_variants import variant
-
-        if variant(args):
-            settings["variant"] = variant(args)
+    if args.matrix_optimizer == "adam" and "adam_variants" in tg.extensions_needed(args):
+        settings["variant"] = tg.extension("adam_variants", tg.EXTENSIONS["adam_variants"]).variant(args)
     library = None
     if spec["library"]:
         try:
