@@ -152,7 +152,7 @@ PRESETS = {
         model_dim=128,
         muon_momentum_warmup_steps=10,
         record="tiny",
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -1693,7 +1693,7 @@ def all_reduce_avg(t: Tensor, rt: Runtime, async_op: bool = False):
 
 def train_step(
     model, batch, window: Tensor, rt: Runtime, optimizers: list, snoo: Snoo | None, stop: bool = False
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """Forward/backward over this rank's micro-batches, average gradients over ranks, step everything.
     Returns (training loss, stop flag) averaged over ranks, as a tensor that is not synchronized: a
     flag above 0 means some rank was asked to stop."""
@@ -1828,12 +1828,12 @@ def log_header(log: RunLog, run: Run, rt: Runtime, ckpt: dict | None, info: dict
         saved = ckpt["hyperparameters"]
         changed = {k: v for k, v in asdict(args).items() if k != "resume" and saved.get(k) != v}
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        resumed = dict(step=ckpt["step"], checkpoint=str(args.resume), world_size=rt.world_size, date=now,
-                       command=" ".join([sys.executable] + sys.argv), changed=changed)  # fmt: skip
-        log.summary.setdefault("resumed", []).append(resumed)
+        command = " ".join([sys.executable] + sys.argv)
+        part = dict(step=ckpt["step"], checkpoint=str(args.resume), world_size=rt.world_size, date=now)
+        log.summary.setdefault("resumed", []).append(dict(**part, command=command, changed=changed))
         what = ", ".join(f"--{k}={format_value(v)}" for k, v in changed.items()) or "no option"
-        log.write(f"RESUMED from {args.resume} at step {ckpt['step']}/{args.num_iterations} (world size "
-                  f"{rt.world_size}, {now}; changed: {what})", console=True)  # fmt: skip
+        where = f"at step {ckpt['step']}/{args.num_iterations} (world size {rt.world_size}, {now}; changed: {what})"
+        log.write(f"RESUMED from {args.resume} {where}", console=True)
         if rt.master and log.appending:  # the environment of this part of the run
             for key, value in environment_info(rt.device, rt.world_size).items():
                 if key not in ("python", "nvidia-smi"):
@@ -1967,8 +1967,9 @@ def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, sources: dict[st
             return Stopper.exit_code(e.signum)
         path = folder / f"{log.summary['run_id']}.resume.pt"
         saving = e.after_step is not None and args.checkpoint_every
-        hint = resume_hint(rt, path) if saving or (args.checkpoint_every and path.exists()) else (
-            "it cannot be resumed (no checkpoint: --checkpoint_every=0 or none saved yet)")  # fmt: skip
+        hint = "it cannot be resumed (no checkpoint: --checkpoint_every=0 or none saved yet)"
+        if saving or (args.checkpoint_every and path.exists()):
+            hint = resume_hint(rt, path)
         log.write(f"INTERRUPTED by {e} after step {log.summary['steps_done']}; run stopped; {hint}.", console=True)
         status = "interrupted"
         log.set_status(status)  # before the last checkpoint, which a scheduler may kill
@@ -1980,8 +1981,9 @@ def train(args: Hyperparameters, rt: Runtime, stopper: Stopper, sources: dict[st
             log.write(f"FAILED {'after training had finished: ' if status == 'finished' else ''}{describe_error(e)}")
             raise
         # a rank that stopped first broke a collective of this one: interrupted as well
-        log.write(f"INTERRUPTED by {signal.Signals(stopper.signum).name} after step {log.summary['steps_done']}; "
-                  f"run stopped ({describe_error(e)}).", console=True)  # fmt: skip
+        by = signal.Signals(stopper.signum).name
+        stopped = f"after step {log.summary['steps_done']}; run stopped ({describe_error(e)})"
+        log.write(f"INTERRUPTED by {by} {stopped}.", console=True)
         status = "interrupted"
     finally:
         log.finish(status)

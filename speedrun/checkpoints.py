@@ -219,8 +219,8 @@ def check_resumable(ckpt: dict, args, sources: dict[str, str]) -> None:
         )
     now = digests(sources)
     # every file the run that wrote it embedded and this one uses (a report-only module may come or go)
-    changed = [path for path, digest in ckpt["sources_sha256"].items() if now.get(path, digest) != digest]
-    if changed or "train_gpt.py" not in ckpt["sources_sha256"]:
+    changed = [path for path, digest in ckpt.get("sources_sha256", {}).items() if now.get(path, digest) != digest]
+    if changed or "train_gpt.py" not in ckpt.get("sources_sha256", {}):
         raise tg.UserError(
             f"--resume={args.resume}: the checkpoint was written by other code ({', '.join(changed) or 'train_gpt.py'} "
             f"differs), so the resumed run would not compute what the interrupted one would have. Resume with the "

@@ -218,7 +218,7 @@ REGISTRY = {
             max_preconditioner_dim=8192,
             graft_beta2=0.95,
             graft_eps=1e-8,
-        ),  # fmt: skip
+        ),
         make=make_shampoo,
         library=None,
     ),
